@@ -1,0 +1,56 @@
+# One-word developer tasks. Everything runs from the project's virtualenv (.venv).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Extras installed into the venv; CI adds tf and mlflow (EXTRAS=dev,tf,mlflow).
+EXTRAS ?= dev
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
+PYTEST_ARGS ?=
+
+.PHONY: help venv demo test test-fast lint format bench proto smoke env clean
+
+help:
+	@echo "make demo     - create the venv if needed and run the end-to-end demo"
+	@echo "make test     - run the whole test suite (servers it needs must be installed)"
+	@echo "make test-fast- skip tests marked slow"
+	@echo "make lint     - ruff check + format check"
+	@echo "make bench    - run the benchmarks in bench/ and print their figures"
+	@echo "make proto    - regenerate the protocol descriptor from udf.proto"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "error: $(PYTHON) lacks venv/ensurepip; on Debian run: apt-get install python3-venv"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: venv
+	$(BIN)/python -m demo $(DEMO_ARGS)
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: venv
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+proto: venv
+	$(BIN)/python udf_agent/protocol/_generate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,358 @@
+"""Model registry on disk: versioned model cards and artifacts, aliases, checksums.
+
+Layout (see docs/architecture.md)::
+
+    <root>/<name>/<version>/model.json   # model card
+    <root>/<name>/<version>/<artifact>   # model.joblib, or a SavedModel directory
+    <root>/<name>/aliases.json           # {"production": "3", "challenger": "4"}
+
+Versions are positive integers kept as strings. Writes are atomic: a version directory
+is built under a temporary name and renamed into place; ``aliases.json`` is replaced
+with ``os.replace``, so a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ALIASES_FILE",
+    "CARD_FILE",
+    "ChecksumMismatch",
+    "ModelCard",
+    "ModelNotFound",
+    "Registry",
+    "RegistryError",
+    "default_registry_root",
+    "sha256_path",
+]
+
+log = logging.getLogger("models.registry")
+
+CARD_FILE = "model.json"
+ALIASES_FILE = "aliases.json"
+KNOWN_ALIASES = ("production", "challenger", "staging")
+
+
+class RegistryError(Exception):
+    """Base class of registry errors; the message says what to do."""
+
+
+class ModelNotFound(RegistryError):
+    """Unknown model name, version or alias."""
+
+
+class ChecksumMismatch(RegistryError):
+    """An artifact's sha256 differs from the one recorded in its card."""
+
+
+def default_registry_root() -> Path:
+    """``$MODELS_REGISTRY`` or ``models/registry`` under the project root."""
+    env = os.environ.get("MODELS_REGISTRY")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent / "registry"
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a directory tree (relative paths and contents, sorted)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(p.relative_to(path).as_posix().encode() + b"\0")
+            with p.open("rb") as f:
+                for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                    h.update(chunk)
+            h.update(b"\0")
+        return h.hexdigest()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model card as stored in ``model.json`` (``data`` keeps every key)."""
+
+    data: Mapping[str, Any] = field(repr=False)
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.data["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.data["version"])
+
+    @property
+    def framework(self) -> str:
+        return str(self.data.get("framework", "sklearn"))
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.data["features"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.data["threshold"])
+
+    @property
+    def artifact_file(self) -> str:
+        return str(self.data["artifact"]["file"])
+
+    @property
+    def artifact_sha256(self) -> str:
+        return str(self.data["artifact"]["sha256"])
+
+    @property
+    def serving(self) -> Mapping[str, Any]:
+        return self.data.get("serving") or {}
+
+    @property
+    def metrics(self) -> Mapping[str, Any]:
+        return self.data.get("metrics") or {}
+
+    def __repr__(self) -> str:
+        return f"ModelCard({self.name} v{self.version}, {self.framework}, {len(self.features)} features)"
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class Registry:
+    """A model registry rooted at a directory (``models/registry`` by default)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_registry_root()
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.root)!r})"
+
+    # -- reading -----------------------------------------------------------
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+
+    def versions(self, name: str) -> list[str]:
+        d = self.root / name
+        if not d.is_dir():
+            raise ModelNotFound(self._unknown_model_message(name))
+        vs = [p.name for p in d.iterdir() if p.is_dir() and p.name.isdigit() and (p / CARD_FILE).is_file()]
+        return sorted(vs, key=int)
+
+    def aliases_path(self, name: str) -> Path:
+        return self.root / name / ALIASES_FILE
+
+    def aliases(self, name: str) -> dict[str, str]:
+        path = self.aliases_path(name)
+        if not path.is_file():
+            if not (self.root / name).is_dir():
+                raise ModelNotFound(self._unknown_model_message(name))
+            return {}
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"cannot read {path}: {exc}") from exc
+        return {str(k): str(v) for k, v in raw.items()}
+
+    def resolve(self, name: str, ref: str | int = "production") -> str:
+        """Turn an alias (``production``) or a version number into a version string."""
+        ref = str(ref)
+        versions = self.versions(name)
+        if ref.isdigit():
+            if ref in versions:
+                return ref
+            raise ModelNotFound(
+                f"model {name!r} has no version {ref}; versions: {', '.join(versions) or 'none'}"
+            )
+        if ref == "latest":
+            if versions:
+                return versions[-1]
+            raise ModelNotFound(f"model {name!r} has no versions yet")
+        aliases = self.aliases(name)
+        if ref in aliases:
+            version = aliases[ref]
+            if version not in versions:
+                raise ModelNotFound(
+                    f"alias {name}@{ref} points to version {version}, which does not exist"
+                )
+            return version
+        known = ", ".join(f"{a}->{v}" for a, v in sorted(aliases.items())) or "none"
+        raise ModelNotFound(
+            f"model {name!r} has no alias {ref!r} (aliases: {known}; versions: "
+            f"{', '.join(versions) or 'none'}); promote one with "
+            f"`python -m models promote {name} VERSION --alias {ref}`"
+        )
+
+    def card(self, name: str, ref: str | int = "production") -> ModelCard:
+        version = self.resolve(name, ref)
+        path = self.root / name / version / CARD_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"cannot read model card {path}: {exc}") from exc
+        return ModelCard(data=data, path=path)
+
+    def artifact_path(self, card: ModelCard) -> Path:
+        return self.root / card.name / card.version / card.artifact_file
+
+    def verify(self, card: ModelCard) -> Path:
+        """Return the artifact path after checking its sha256 against the card."""
+        path = self.artifact_path(card)
+        if not path.exists():
+            raise RegistryError(f"artifact {path} named by {card.name} v{card.version} is missing")
+        actual = sha256_path(path)
+        if actual != card.artifact_sha256:
+            raise ChecksumMismatch(
+                f"refusing {path}: sha256 {actual[:12]}… does not match the card's "
+                f"{card.artifact_sha256[:12]}… (artifact modified or corrupt)"
+            )
+        return path
+
+    def load_artifact(self, card: ModelCard) -> Any:
+        """Load a joblib artifact after verifying its checksum."""
+        import joblib
+
+        return joblib.load(self.verify(card))
+
+    def list(self) -> list[dict[str, Any]]:
+        """One row per model version: name, version, aliases, framework, threshold, created."""
+        rows = []
+        for name in self.models():
+            try:
+                aliases = self.aliases(name)
+                versions = self.versions(name)
+            except RegistryError as exc:
+                log.warning("skipping model dir %s: %s", name, exc)
+                continue
+            for v in versions:
+                card = self.card(name, v)
+                rows.append(
+                    {
+                        "name": name,
+                        "version": v,
+                        "aliases": sorted(a for a, av in aliases.items() if av == v),
+                        "framework": card.framework,
+                        "threshold": card.data.get("threshold"),
+                        "created": card.data.get("created"),
+                        "metrics": dict(card.metrics),
+                    }
+                )
+        return rows
+
+    # -- writing -----------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        artifact: Any,
+        *,
+        features: Iterable[str],
+        threshold: float,
+        framework: str = "sklearn",
+        artifact_name: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        training: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ModelCard:
+        """Write a new version. ``artifact`` is a path (file or directory, copied) or an
+        object (saved with joblib as ``model.joblib``)."""
+        if not name or "/" in name or name.startswith("."):
+            raise RegistryError(f"invalid model name {name!r}")
+        model_dir = self.root / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+        try:
+            if isinstance(artifact, (str, os.PathLike)):
+                src = Path(artifact)
+                fname = artifact_name or src.name
+                if src.is_dir():
+                    shutil.copytree(src, staging / fname)
+                else:
+                    shutil.copy2(src, staging / fname)
+            else:
+                import joblib
+
+                fname = artifact_name or "model.joblib"
+                joblib.dump(artifact, staging / fname)
+            card = {
+                "name": name,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "framework": framework,
+                "features": list(features),
+                "threshold": float(threshold),
+                "metrics": dict(metrics or {}),
+                "training": dict(training or {}),
+                "artifact": {"file": fname, "sha256": sha256_path(staging / fname)},
+            }
+            card.update(extra or {})
+            # Claim the next version number with an atomic rename; retry on a race.
+            for _ in range(100):
+                existing = [int(v) for v in self._version_dirs(name)]
+                version = str(max(existing, default=0) + 1)
+                card["version"] = version
+                _write_json_atomic(staging / CARD_FILE, card)
+                try:
+                    os.rename(staging, model_dir / version)
+                except OSError:
+                    continue
+                log.info("registered model=%s version=%s framework=%s", name, version, framework)
+                return self.card(name, version)
+            raise RegistryError(f"could not allocate a version for {name!r}")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def promote(self, name: str, version: str | int, alias: str = "production") -> dict[str, str]:
+        """Point ``alias`` at ``version`` (atomic rewrite of aliases.json)."""
+        version = str(version)
+        if version not in self.versions(name):
+            raise ModelNotFound(
+                f"model {name!r} has no version {version}; versions: {', '.join(self.versions(name))}"
+            )
+        if not alias or not alias.replace("-", "_").isidentifier() or alias.isdigit():
+            raise RegistryError(f"invalid alias {alias!r}")
+        aliases = self.aliases(name)
+        previous = aliases.get(alias)
+        aliases[alias] = version
+        _write_json_atomic(self.aliases_path(name), aliases)
+        log.info("promoted model=%s alias=%s version=%s previous=%s", name, alias, version, previous)
+        return aliases
+
+    # -- helpers -----------------------------------------------------------
+    def _version_dirs(self, name: str) -> list[str]:
+        d = self.root / name
+        return [p.name for p in d.iterdir() if p.is_dir() and p.name.isdigit()] if d.is_dir() else []
+
+    def _unknown_model_message(self, name: str) -> str:
+        known = ", ".join(self.models()) or "none"
+        return f"unknown model {name!r} in registry {self.root} (known models: {known})"

@@ -1,0 +1,49 @@
+"""Shared fixtures. Tests that need a server or an optional extra skip on a user's
+machine when it is missing, but fail under CI (CI=true), where .ci/run installs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import numpy as np
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# One BLAS/OpenMP thread: faster for micro-batches on 2 cores, and stable timings.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip (user machine) or fail (CI) when a required server/extra is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI (.ci/run installs it)")
+    pytest.skip(f"{what} is not installed")
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"binary {name!r}")
+    return path  # type: ignore[return-value]
+
+
+def require_module(name: str):
+    try:
+        return __import__(name)
+    except ImportError:
+        require(False, f"Python module {name!r}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,1 @@
+"""Kapacitor socket-UDF agent that scores live points with registered models."""

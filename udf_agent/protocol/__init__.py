@@ -1,0 +1,1 @@
+"""Kapacitor socket-UDF wire protocol: messages and framing, without I/O."""
