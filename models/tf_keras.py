@@ -1,0 +1,396 @@
+"""A Keras MLP fraud classifier, registered in the model registry and exported for TF Serving.
+
+The network is ``Normalization`` (adapted on the training split) → ``Dense`` layers →
+one sigmoid unit. It is trained with class weights (the positive class is rare), stops
+early on validation AUPRC, and takes its decision threshold from the validation split
+(best F1). TensorFlow is the optional ``tf`` extra, so this module imports it lazily.
+
+Export layout (docs/architecture.md)::
+
+    models/registry/<name>/<version>/saved_model/   # artifact, sha256 over the directory
+    models/registry/<name>/<version>/model.keras     # the Keras file, for notebooks
+    models/serving/<name>/<version>/                 # the same SavedModel, for TF Serving
+
+The SavedModel has one signature, ``serving_default``, taking ``features`` (float32,
+``[-1, 30]``, columns in card feature order) and returning ``score`` (float32, ``[-1]``,
+probability of class 1). The card's ``serving`` section records these names so the TF
+Serving backend can check them against ``GetModelMetadata`` at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .contract import FEATURES
+from .registry import ModelCard, Registry, RegistryError
+
+__all__ = [
+    "ARTIFACT_DIR",
+    "INPUT_NAME",
+    "KERAS_FILE",
+    "OUTPUT_NAME",
+    "SIGNATURE_NAME",
+    "KerasConfig",
+    "best_f1_threshold",
+    "build_model",
+    "cli_train_tf",
+    "export_saved_model",
+    "register_keras_model",
+    "serving_section",
+    "train_keras",
+]
+
+log = logging.getLogger("models.tf_keras")
+
+SIGNATURE_NAME = "serving_default"
+INPUT_NAME = "features"
+OUTPUT_NAME = "score"
+ARTIFACT_DIR = "saved_model"
+KERAS_FILE = "model.keras"
+FRAMEWORK = "tf"
+
+
+@dataclass(frozen=True, kw_only=True)
+class KerasConfig:
+    """Network and training settings (times in epochs)."""
+
+    hidden: tuple[int, ...] = (64, 32)
+    dropout: float = 0.2
+    learning_rate: float = 1e-3
+    epochs: int = 20
+    batch_size: int = 512
+    patience: int = 4
+    seed: int = 42
+
+
+def _tf():
+    try:
+        import tensorflow as tf
+    except ImportError as exc:  # the optional extra
+        raise RegistryError(
+            "TensorFlow is not installed; install the tf extra: pip install -e '.[tf]'"
+        ) from exc
+    return tf
+
+
+def build_model(X_train: np.ndarray, config: KerasConfig | None = None):
+    """The MLP with its ``Normalization`` layer adapted on ``X_train``."""
+    import keras
+
+    config = config or KerasConfig()
+    norm = keras.layers.Normalization(axis=-1, name="normalize")
+    norm.adapt(np.asarray(X_train, dtype=np.float32))
+    inputs = keras.Input(shape=(X_train.shape[1],), dtype="float32", name=INPUT_NAME)
+    x = norm(inputs)
+    for i, units in enumerate(config.hidden):
+        x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
+        if config.dropout:
+            x = keras.layers.Dropout(config.dropout, seed=config.seed + i, name=f"dropout_{i}")(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_NAME)(x)
+    model = keras.Model(inputs, out, name="fraud_mlp")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(curve="PR", name="auprc")],
+    )
+    return model
+
+
+def _progress_callback(epochs: int, emit: Callable[[str], None]):
+    import keras
+
+    class _Progress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+            logs = logs or {}
+            parts = " ".join(f"{k}={float(v):.4f}" for k, v in sorted(logs.items()))
+            emit(f"epoch={epoch + 1}/{epochs} {parts}")
+
+    return _Progress()
+
+
+def _class_weights(y: np.ndarray) -> dict[int, float]:
+    """Balanced weights ``n / (2 * n_c)``; a missing class keeps weight 1."""
+    y = np.asarray(y).astype(int)
+    n = len(y)
+    weights = {}
+    for c in (0, 1):
+        n_c = int((y == c).sum())
+        weights[c] = n / (2.0 * n_c) if n_c else 1.0
+    return weights
+
+
+def train_keras(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    config: KerasConfig | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+):
+    """Train with class weights and early stopping on validation AUPRC; returns the model
+    (best weights restored) and the Keras history."""
+    import keras
+
+    config = config or KerasConfig()
+    keras.utils.set_random_seed(config.seed)
+    X_train = np.asarray(X_train, dtype=np.float32)
+    X_val = np.asarray(X_val, dtype=np.float32)
+    y_train = np.asarray(y_train, dtype=np.float32)
+    y_val = np.asarray(y_val, dtype=np.float32)
+    model = build_model(X_train, config)
+    # AUPRC is undefined without positives in validation; fall back to the loss then.
+    monitor, mode = ("val_auprc", "max") if y_val.sum() > 0 else ("val_loss", "min")
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=mode, patience=config.patience, restore_best_weights=True
+        )
+    ]
+    if progress is not None:
+        callbacks.append(_progress_callback(config.epochs, progress))
+    history = model.fit(
+        X_train,
+        y_train,
+        validation_data=(X_val, y_val),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        class_weight=_class_weights(y_train),
+        callbacks=callbacks,
+        shuffle=True,
+        verbose=0,
+    )
+    return model, history
+
+
+def predict_proba(model, X: np.ndarray) -> np.ndarray:
+    """The model's class-1 probability per row, as float64 ``(n,)``."""
+    out = model.predict(np.asarray(X, dtype=np.float32), batch_size=4096, verbose=0)
+    return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Threshold maximising F1 on ``(y_true, scores)``; 0.5 when there are no positives."""
+    from sklearn.metrics import precision_recall_curve
+
+    y_true = np.asarray(y_true).astype(int)
+    if y_true.sum() == 0 or y_true.sum() == len(y_true):
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(y_true, scores)
+    p, r = precision[:-1], recall[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def _metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    from sklearn.metrics import (
+        average_precision_score,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    y_true = np.asarray(y_true).astype(int)
+    pred = (scores >= threshold).astype(int)
+    out = {
+        "precision": float(precision_score(y_true, pred, zero_division=0)),
+        "recall": float(recall_score(y_true, pred, zero_division=0)),
+        "f1": float(f1_score(y_true, pred, zero_division=0)),
+        "rows": int(len(y_true)),
+    }
+    if 0 < y_true.sum() < len(y_true):
+        out["auprc"] = float(average_precision_score(y_true, scores))
+        out["roc_auc"] = float(roc_auc_score(y_true, scores))
+    return out
+
+
+def export_saved_model(model, export_dir: Path, n_features: int = len(FEATURES)) -> Path:
+    """Write a TF Serving SavedModel with one ``serving_default`` signature:
+    ``features`` float32 ``[-1, n_features]`` → ``{"score": float32 [-1]}``."""
+    tf = _tf()
+    export_dir = Path(export_dir)
+    module = tf.Module()
+    module.model = model  # tracked, so its variables are saved
+
+    @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32, name=INPUT_NAME)])
+    def serve(features):
+        prob = model(features, training=False)
+        return {OUTPUT_NAME: tf.reshape(prob, [-1])}
+
+    module.serve = serve
+    tf.saved_model.save(module, str(export_dir), signatures={SIGNATURE_NAME: serve})
+    return export_dir
+
+
+def serving_section(
+    model_name: str, version: str | int, n_features: int = len(FEATURES)
+) -> dict[str, Any]:
+    """The card's ``serving`` section: what TF Serving's metadata must report."""
+    return {
+        "model_name": model_name,
+        "version": int(version),
+        "signature_name": SIGNATURE_NAME,
+        "inputs": {INPUT_NAME: {"dtype": "DT_FLOAT", "shape": [-1, int(n_features)]}},
+        "outputs": {OUTPUT_NAME: {"dtype": "DT_FLOAT", "shape": [-1]}},
+    }
+
+
+def _next_version(registry: Registry, name: str) -> str:
+    d = registry.root / name
+    existing = (
+        [int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit()] if d.is_dir() else []
+    )
+    return str(max(existing, default=0) + 1)
+
+
+def register_keras_model(
+    registry: Registry,
+    name: str,
+    model,
+    *,
+    threshold: float,
+    features: Sequence[str] = FEATURES,
+    metrics: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    serving_dir: Path | None = Path("models/serving"),
+) -> ModelCard:
+    """Register the model (framework ``tf``, artifact = SavedModel directory) and copy the
+    SavedModel to ``serving_dir/<name>/<version>/`` for TF Serving."""
+    version = _next_version(registry, name)
+    with tempfile.TemporaryDirectory(prefix="tf-export-") as tmp:
+        bundle = Path(tmp) / "bundle"
+        bundle.mkdir()
+        export_saved_model(model, bundle / ARTIFACT_DIR, len(features))
+        # Keep the Keras file beside the SavedModel, outside the checksummed artifact.
+        model.save(str(Path(tmp) / KERAS_FILE))
+        card = registry.register(
+            name,
+            bundle / ARTIFACT_DIR,
+            features=list(features),
+            threshold=threshold,
+            framework=FRAMEWORK,
+            artifact_name=ARTIFACT_DIR,
+            metrics=metrics,
+            training=training,
+            extra={
+                "serving": serving_section(name, version, len(features)),
+                "keras_file": KERAS_FILE,
+            },
+        )
+        if card.version != version:  # another writer took the number in between
+            raise RegistryError(
+                f"{name}: registered as version {card.version} while the card's serving "
+                f"section names version {version}; register again"
+            )
+        shutil.copy2(Path(tmp) / KERAS_FILE, registry.root / name / card.version / KERAS_FILE)
+    if serving_dir is not None:
+        copy_to_serving(registry, card, serving_dir)
+    return card
+
+
+def copy_to_serving(registry: Registry, card: ModelCard, serving_dir: Path) -> Path:
+    """Copy a verified SavedModel to ``serving_dir/<name>/<version>/`` (atomic rename)."""
+    src = registry.verify(card)
+    target = Path(serving_dir) / card.name / str(int(card.version))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # TF Serving polls the base path: build under a hidden name, then rename into place,
+    # so it never loads a half-copied version.
+    staging = Path(tempfile.mkdtemp(prefix=f".{card.version}-", dir=target.parent))
+    try:
+        shutil.copytree(src, staging / "m")
+        if target.exists():
+            shutil.rmtree(target)
+        (staging / "m").rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("exported model=%s version=%s serving_dir=%s", card.name, card.version, target)
+    return target
+
+
+# -- data ------------------------------------------------------------------
+def _splits(args: argparse.Namespace):
+    """(X_train, y_train, X_val, y_val, X_test, y_test, source) from --csv or synthetic rows;
+    the split CSVs are written under ``--data-dir`` (default ``data``) like ``models split``."""
+    from . import data as mdata
+
+    csv = getattr(args, "csv", None)
+    rows = getattr(args, "synthetic_rows", None)
+    splits = mdata.prepare_splits(
+        getattr(args, "data_dir", None) or "data",
+        csv=csv,
+        synthetic_rows=int(rows) if rows else None,
+        seed=int(getattr(args, "seed", None) or 42),
+    )
+    out: list[np.ndarray] = []
+    for df in (splits.train, splits.validation, splits.test):
+        X, y = mdata.X_y(df)
+        out += [X, y]
+    return (*out, str(getattr(splits, "source", csv or f"synthetic:{rows}")))
+
+
+# -- CLI ---------------------------------------------------------------------
+def cli_train_tf(args: argparse.Namespace) -> int:
+    """``python -m models train-tf``: train, register, export for TF Serving, optionally promote."""
+
+    def emit(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    registry = Registry(getattr(args, "registry", None))
+    name = getattr(args, "name", None) or "creditcard_tf"
+    seed = int(getattr(args, "seed", None) or 42)
+    epochs = int(getattr(args, "epochs", None) or KerasConfig().epochs)
+    serving_dir = Path(getattr(args, "serving_dir", None) or "models/serving")
+    X_tr, y_tr, X_va, y_va, X_te, y_te, source = _splits(args)
+    emit(
+        f"train-tf name={name} source={source} train_rows={len(y_tr)} "
+        f"val_rows={len(y_va)} test_rows={len(y_te)} positive_rate={y_tr.mean():.4f} epochs={epochs}"
+    )
+    config = KerasConfig(epochs=epochs, seed=seed)
+    model, history = train_keras(X_tr, y_tr, X_va, y_va, config, progress=emit)
+    val_scores = predict_proba(model, X_va)
+    threshold = best_f1_threshold(y_va, val_scores)
+    metrics = {"validation": _metrics(y_va, val_scores, threshold)}
+    if len(y_te):
+        metrics["test"] = _metrics(y_te, predict_proba(model, X_te), threshold)
+    training = {
+        "rows": int(len(y_tr)),
+        "positive_rate": float(y_tr.mean()),
+        "resampling": "class_weight",
+        "class_weight": {str(k): v for k, v in _class_weights(y_tr).items()},
+        "epochs_run": len(history.history.get("loss", [])),
+        "epochs_max": epochs,
+        "early_stopping": "val_auprc",
+        "source": source,
+        "seed": seed,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+    }
+    card = register_keras_model(
+        registry,
+        name,
+        model,
+        threshold=threshold,
+        metrics=metrics,
+        training=training,
+        serving_dir=serving_dir,
+    )
+    promote = getattr(args, "promote", None)
+    if promote:
+        registry.promote(name, card.version, promote)
+    emit(
+        f"registered name={name} version={card.version} threshold={threshold:.4f} "
+        f"val_auprc={metrics['validation'].get('auprc', float('nan')):.4f} "
+        f"serving={serving_dir / name / card.version}" + (f" alias={promote}" if promote else "")
+    )
+    print(f"{name} {card.version}")
+    return 0
