@@ -47,3 +47,16 @@ def free_port() -> int:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def influxdb(tmp_path):
+    """A real influxd 1.x on free loopback ports with temp dirs (tests/influxdb_server.py)."""
+    from influxdb_server import InfluxDBServer
+
+    server = InfluxDBServer(binary=require_binary("influxd"), base_dir=tmp_path / "influxdb")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
