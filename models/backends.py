@@ -128,7 +128,12 @@ def backend_kinds() -> list[str]:
 
 
 def load_backend(
-    registry: Registry, name: str, ref: str | int = "production", *, kind: str | None = None, **options: Any
+    registry: Registry,
+    name: str,
+    ref: str | int = "production",
+    *,
+    kind: str | None = None,
+    **options: Any,
 ) -> ScoringBackend:
     """Resolve ``name@ref`` and build its backend (``kind`` overrides the card's framework)."""
     card = registry.card(name, ref)

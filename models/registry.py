@@ -167,7 +167,11 @@ class Registry:
         d = self.root / name
         if not d.is_dir():
             raise ModelNotFound(self._unknown_model_message(name))
-        vs = [p.name for p in d.iterdir() if p.is_dir() and p.name.isdigit() and (p / CARD_FILE).is_file()]
+        vs = [
+            p.name
+            for p in d.iterdir()
+            if p.is_dir() and p.name.isdigit() and (p / CARD_FILE).is_file()
+        ]
         return sorted(vs, key=int)
 
     def aliases_path(self, name: str) -> Path:
@@ -345,13 +349,17 @@ class Registry:
         previous = aliases.get(alias)
         aliases[alias] = version
         _write_json_atomic(self.aliases_path(name), aliases)
-        log.info("promoted model=%s alias=%s version=%s previous=%s", name, alias, version, previous)
+        log.info(
+            "promoted model=%s alias=%s version=%s previous=%s", name, alias, version, previous
+        )
         return aliases
 
     # -- helpers -----------------------------------------------------------
     def _version_dirs(self, name: str) -> list[str]:
         d = self.root / name
-        return [p.name for p in d.iterdir() if p.is_dir() and p.name.isdigit()] if d.is_dir() else []
+        return (
+            [p.name for p in d.iterdir() if p.is_dir() and p.name.isdigit()] if d.is_dir() else []
+        )
 
     def _unknown_model_message(self, name: str) -> str:
         known = ", ".join(self.models()) or "none"

@@ -36,7 +36,7 @@ def render(data: bytes) -> str:
         "SERIALIZED_FILE_DESCRIPTOR_SET = (",
     ]
     for i in range(0, len(data), 64):
-        lines.append(f"    {data[i:i + 64]!r}")
+        lines.append(f"    {data[i : i + 64]!r}")
     lines.append(")")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,175 @@
+"""``python -m udf_agent``: serve the ``score`` socket UDF for Kapacitor."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+# One BLAS/OpenMP thread: micro-batches are small and the machine is shared with
+# Kapacitor; extra threads only add contention. Set before numpy is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+log = logging.getLogger("udf_agent")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"UDF_AGENT_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from models.registry import default_registry_root
+
+    p = argparse.ArgumentParser(
+        prog="python -m udf_agent",
+        description="Kapacitor socket UDF that scores points with registered models.",
+    )
+    p.add_argument(
+        "--socket",
+        default=_env("SOCKET"),
+        required=_env("SOCKET") is None,
+        help="Unix socket path for the stream UDF (env UDF_AGENT_SOCKET)",
+    )
+    p.add_argument(
+        "--batch-socket",
+        default=_env("BATCH_SOCKET"),
+        help="optional second socket serving the batch->batch UDF (env UDF_AGENT_BATCH_SOCKET)",
+    )
+    p.add_argument(
+        "--registry",
+        default=_env("REGISTRY", str(default_registry_root())),
+        help="model registry directory (env UDF_AGENT_REGISTRY; default models/registry)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", "0") or 0),
+        help="serve Prometheus metrics on this port (0 = off; env UDF_AGENT_METRICS_PORT)",
+    )
+    p.add_argument("--metrics-host", default=_env("METRICS_HOST", "0.0.0.0"))
+    p.add_argument(
+        "--socket-mode",
+        default=_env("SOCKET_MODE", "0660"),
+        help="permissions of the socket file, octal (default 0660)",
+    )
+    p.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=int(_env("MAX_FRAME_BYTES", str(16 << 20))),
+        help="largest accepted message; a larger length prefix closes that connection",
+    )
+    p.add_argument(
+        "--max-backlog-age",
+        type=float,
+        default=float(_env("MAX_BACKLOG_AGE", "10")),
+        help="seconds a point may wait for a slow backend before it is passed on unscored",
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=float(_env("RELOAD_INTERVAL", "0.5")),
+        help="how often (s) aliases.json is checked for a newly promoted version",
+    )
+    p.add_argument(
+        "--tfserving-target",
+        default=_env("TFSERVING_TARGET", "localhost:8500"),
+        help="TF Serving gRPC address host:port",
+    )
+    p.add_argument(
+        "--tfserving-rest-url",
+        default=_env("TFSERVING_REST_URL"),
+        help="TF Serving REST base URL, e.g. http://localhost:8501",
+    )
+    p.add_argument(
+        "--tfserving-transport",
+        choices=["grpc", "rest"],
+        default=_env("TFSERVING_TRANSPORT", "grpc"),
+    )
+    p.add_argument(
+        "--tfserving-timeout",
+        type=float,
+        default=float(_env("TFSERVING_TIMEOUT", "1.0")),
+        help="deadline of one TF Serving call in seconds",
+    )
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    from threadpoolctl import threadpool_limits
+
+    from .errors import AgentError
+    from .metrics import AgentMetrics
+    from .server import AgentConfig, AgentServer
+
+    threadpool_limits(1)
+    try:
+        mode = int(str(args.socket_mode), 8)
+    except ValueError:
+        print(
+            f"error: --socket-mode {args.socket_mode!r} is not an octal mode like 0660",
+            file=sys.stderr,
+        )
+        return 2
+    config = AgentConfig(
+        socket_path=Path(args.socket),
+        batch_socket_path=Path(args.batch_socket) if args.batch_socket else None,
+        registry=Path(args.registry),
+        socket_mode=mode,
+        max_frame_bytes=args.max_frame_bytes,
+        max_backlog_age=args.max_backlog_age,
+        reload_interval=args.reload_interval,
+        backend_options={
+            "tfserving_target": args.tfserving_target,
+            "tfserving_rest_url": args.tfserving_rest_url,
+            "tfserving_transport": args.tfserving_transport,
+            "tfserving_timeout": args.tfserving_timeout,
+        },
+    )
+    metrics = AgentMetrics()
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+        log.info("metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
+    server = AgentServer(config, metrics=metrics)
+    try:
+        server.start()
+    except AgentError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    models = server.registry.models()
+    log.info("agent ready %r models=%s", config, ",".join(models) or "none")
+    if not models:
+        log.warning(
+            "registry %s holds no model yet; init requests will fail until one is registered",
+            config.registry,
+        )
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s received, flushing and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
