@@ -1,0 +1,147 @@
+"""The Flask app factory."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, g, request
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from models.contract import FEATURES
+from models.registry import RegistryError
+
+from ._state import EXTENSION_KEY, AppState
+from .blueprints import health_blp, metrics_blp, models_blp, predict_blp
+from .config import ApiConfig
+from .errors import ApiError
+from .metrics import ApiMetrics
+from .schemas import ErrorSchema, record_schema
+from .service import ModelService
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("api.app")
+
+API_VERSION = "1.0"
+
+
+class _Api(Api):
+    """flask-smorest's Api with this service's error body."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+    def handle_http_exception(self, error: HTTPException):
+        payload: dict[str, Any] = {
+            "code": error.code,
+            "error": (error.name or "error").lower().replace(" ", "_"),
+            "message": error.description or error.name,
+        }
+        data = getattr(error, "data", None) or {}
+        messages = data.get("messages") or data.get("errors")
+        if messages:  # webargs validation errors: {location: {field: [messages]}}
+            problems = []
+            for location, by_field in messages.items():
+                items = by_field.items() if isinstance(by_field, Mapping) else [(None, by_field)]
+                for field, msgs in items:
+                    for msg in msgs if isinstance(msgs, list) else [msgs]:
+                        problems.append(
+                            {"index": None, "field": field, "message": f"{location}: {msg}"}
+                        )
+            payload["error"] = "validation_failed"
+            payload["message"] = f"{len(problems)} problem(s) in the request parameters"
+            payload["problem_count"] = len(problems)
+            payload["problems"] = problems
+            payload["truncated"] = False
+        return payload, error.code, data.get("headers", {})
+
+
+def _features_for_docs(service: ModelService) -> list[str]:
+    """The served model's ordered features for the OpenAPI record schema, else the contract's."""
+    if service.serving is not None:
+        return list(service.serving.feature_names)
+    try:
+        return service.registry.card(service.name, service.alias).features
+    except (RegistryError, KeyError):
+        return list(FEATURES)
+
+
+def create_app(config: ApiConfig | Mapping[str, Any] | None = None) -> Flask:
+    """Build the API app. ``config``: an :class:`ApiConfig`, a mapping of its fields (on top of
+    the ``API_*`` environment), or ``None`` for the environment only."""
+    cfg = ApiConfig.coerce(config)
+    app = Flask("api", static_folder=None)
+    app.config.update(
+        API_TITLE="tick-anomaly model API",
+        API_VERSION=API_VERSION,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        MAX_CONTENT_LENGTH=cfg.max_content_length,
+        JSON_SORT_KEYS=False,
+    )
+    metrics = ApiMetrics()
+
+    def on_switch(old: str | None, new: str) -> None:
+        metrics.reloads.inc()
+        if old is not None:
+            metrics.serving.remove(cfg.model, old)
+        metrics.serving.labels(cfg.model, new).set(1)
+
+    service = ModelService(
+        cfg,
+        on_switch=on_switch,
+        on_failure=lambda error_type: metrics.load_failures.labels(error_type).inc(),
+    )
+    service.check(force=True)
+    app.extensions[EXTENSION_KEY] = AppState(config=cfg, service=service, metrics=metrics)
+
+    api = _Api(
+        app,
+        spec_kwargs={
+            "info": {
+                "description": (
+                    "Scores credit-card transactions with the registered production model "
+                    "(hot-reloaded when the alias moves). Bad input is answered with 4xx "
+                    "and a list of every problem."
+                )
+            }
+        },
+    )
+    api.spec.components.schema("PredictRecord", schema=record_schema(_features_for_docs(service)))
+    for blp in (predict_blp, models_blp, health_blp, metrics_blp):
+        api.register_blueprint(blp)
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        if request.blueprint == "predict" and exc.status < 500:
+            metrics.invalid.labels(exc.code).inc()
+        return exc.payload(), exc.status
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.api_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response):
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        started = g.get("api_started")
+        if started is not None:
+            metrics.latency.labels(rule).observe(time.perf_counter() - started)
+        metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
+        return response
+
+    log.info(
+        "event=app_created model=%s alias=%s registry=%s serving_version=%s max_batch=%d",
+        cfg.model,
+        cfg.alias,
+        cfg.registry,
+        service.serving.version if service.serving else None,
+        cfg.max_batch,
+    )
+    return app
