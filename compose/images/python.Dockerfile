@@ -1,0 +1,63 @@
+# syntax=docker/dockerfile:1
+# One multi-stage, multi-target image definition for every Python service of the stack.
+#   target "runtime", EXTRAS=""     -> api, publisher, alert-sink
+#   target "runtime", EXTRAS="tf"   -> udf-agent, model-bootstrap (TensorFlow, TF Serving client)
+#   target "jupyter", EXTRAS="tf,dev" -> jupyter
+# The builder stage builds the project wheel and a virtualenv; runtime stages copy only the
+# virtualenv, run as a fixed non-root UID/GID (10001) and own the shared mount points so named
+# volumes are created with that ownership.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY models ./models
+COPY udf_agent ./udf_agent
+COPY publisher ./publisher
+COPY alert_sink ./alert_sink
+COPY api ./api
+ARG EXTRAS=""
+RUN pip install --upgrade pip \
+ && pip wheel --no-deps --wheel-dir /wheels . \
+ && wheel="$(ls /wheels/*.whl)" \
+ && if [ -n "$EXTRAS" ]; then pip install "${wheel}[${EXTRAS}]"; else pip install "$wheel"; fi
+
+FROM builder AS jupyter-builder
+ARG JUPYTERLAB_VERSION=4.3.5
+RUN pip install "jupyterlab==${JUPYTERLAB_VERSION}"
+
+FROM ${PYTHON_IMAGE} AS base
+ARG APP_UID=10001
+ARG APP_GID=10001
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONSAFEPATH=1 \
+    MODELS_REGISTRY=/app/models/registry
+RUN groupadd --system --gid "${APP_GID}" app \
+ && useradd --system --uid "${APP_UID}" --gid app --home-dir /app --shell /usr/sbin/nologin app \
+ && mkdir -p /app/data /app/models/registry /app/models/serving /app/spool /var/run/tick-anomaly \
+ && chown -R app:app /app \
+ # setgid directory: the socket keeps group "app", which Kapacitor joins (group_add)
+ && chown app:app /var/run/tick-anomaly && chmod 2770 /var/run/tick-anomaly
+COPY compose/scripts/healthcheck.py /usr/local/bin/tick-healthcheck
+COPY compose/scripts/model_bootstrap.sh /usr/local/bin/model-bootstrap
+RUN chmod 0755 /usr/local/bin/tick-healthcheck /usr/local/bin/model-bootstrap
+WORKDIR /app
+
+FROM base AS runtime
+COPY --from=builder /opt/venv /opt/venv
+USER app:app
+CMD ["python", "-m", "udf_agent", "--help"]
+
+FROM base AS jupyter
+COPY --from=jupyter-builder /opt/venv /opt/venv
+RUN mkdir -p /app/notebooks && chown app:app /app/notebooks
+USER app:app
+EXPOSE 10000
+CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=10000", "--no-browser", "--ServerApp.root_dir=/app"]
