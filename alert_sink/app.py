@@ -1,0 +1,355 @@
+"""Flask app factory and the runtime object shared by its blueprints."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from .config import SinkConfig
+from .errors import PayloadError, SpoolError
+from .es import ElasticsearchTarget
+from .metrics import SinkMetrics
+from .payload import LEVELS, AlertDocument, parse_alert, parse_rfc3339_ns
+from .shipper import Shipper
+from .storage import AlertStore, Spool
+
+__all__ = ["AlertSink", "create_app"]
+
+log = logging.getLogger("alert_sink.http")
+
+EXTENSION = "alert_sink"
+
+
+class AlertSink:
+    """What one running sink owns: spool or store, shipper, metrics."""
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        *,
+        target_factory: Callable[..., ElasticsearchTarget] = ElasticsearchTarget,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.metrics = SinkMetrics()
+        self.spool: Spool | None = None
+        self.store: AlertStore | None = None
+        self.target: ElasticsearchTarget | None = None
+        self.shipper: Shipper | None = None
+        self.draining = False
+        self._in_flight = 0
+        self._in_flight_cond = threading.Condition()
+        if config.mode == "store":
+            self.store = AlertStore(config.store_path, synchronous=config.synchronous, clock=clock)
+            self.metrics.store_size.set_function(self.store.count)
+        else:
+            self.spool = Spool(config.spool_path, synchronous=config.synchronous, clock=clock)
+            self.metrics.bind_spool(
+                self.spool.depth, self.spool.oldest_age, self.spool.dead_letter_count
+            )
+            self.target = target_factory(
+                config.es_url,
+                index=config.es_index,
+                username=config.es_username,
+                password=config.es_password,
+                request_timeout=config.es_request_timeout,
+                compat_version=config.es_compat_version,
+            )
+            self.shipper = Shipper(
+                spool=self.spool,
+                target=self.target,
+                metrics=self.metrics,
+                batch_size=config.batch_size,
+                poll_interval=config.poll_interval,
+                backoff_initial=config.backoff_initial,
+                backoff_max=config.backoff_max,
+            )
+
+    def start(self) -> None:
+        if self.shipper is not None:
+            depth = self.spool.depth()
+            if depth:
+                log.info("event=spool_recovered depth=%d", depth)
+            self.shipper.start()
+
+    def accept(self, docs: list[AlertDocument]) -> None:
+        """Commit ``docs`` durably (one transaction). Raises SpoolError."""
+        if self.store is not None:
+            self.store.upsert(docs)
+        else:
+            self.spool.enqueue(docs)
+            self.shipper.notify()
+        self.metrics.documents_accepted.inc(len(docs))
+
+    # -- graceful shutdown -------------------------------------------------------------
+    def request_started(self) -> None:
+        with self._in_flight_cond:
+            self._in_flight += 1
+
+    def request_finished(self) -> None:
+        with self._in_flight_cond:
+            self._in_flight -= 1
+            self._in_flight_cond.notify_all()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Refuse new alerts, wait for in-flight requests, stop the shipper after its
+        current bulk, close the database."""
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        with self._in_flight_cond:
+            while self._in_flight > 0 and time.monotonic() < deadline:
+                self._in_flight_cond.wait(0.1)
+        if self.shipper is not None and not self.shipper.stop(
+            max(0.0, deadline - time.monotonic())
+        ):
+            log.error("event=shipper_stop_timeout")
+            return  # leave the DB open for the still-running bulk; the process is exiting
+        db = self.store or self.spool
+        depth = self.spool.depth() if self.spool is not None else 0
+        db.close()
+        log.info("event=closed undelivered=%d", depth)
+
+
+def _sink() -> AlertSink:
+    return current_app.extensions[EXTENSION]
+
+
+def _error(status: int, message: str, **extra: Any) -> tuple[Response, int]:
+    return jsonify({"error": message, "status": status, **extra}), status
+
+
+def require_token(view: Callable) -> Callable:
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any):
+        token = _sink().config.token
+        if token is not None:
+            header = request.headers.get("Authorization", "")
+            scheme, _, supplied = header.partition(" ")
+            ok = scheme.lower() == "bearer" and hmac.compare_digest(
+                supplied.strip().encode("utf-8"), token.encode("utf-8")
+            )
+            if not ok:
+                _sink().metrics.rejected.labels(reason="unauthorized").inc()
+                response, status = _error(401, "missing or invalid bearer token")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="alert_sink"'
+                return response, status
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+kapacitor_bp = Blueprint("kapacitor", __name__)
+
+
+@kapacitor_bp.post("/kapacitor")
+@require_token
+def post_alert():
+    sink = _sink()
+    if sink.draining:
+        return _error(503, "shutting down; retry")
+    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    task = request.args.get("task")
+    try:
+        docs = parse_alert(body, task=task)
+    except PayloadError as exc:
+        sink.metrics.rejected.labels(reason="invalid").inc()
+        log.warning("event=alert_rejected reason=invalid error=%r", str(exc))
+        return _error(400, str(exc))
+    try:
+        sink.accept(docs)
+    except SpoolError as exc:
+        # Not stored, so not acknowledged: Kapacitor sees the failure.
+        sink.metrics.rejected.labels(reason="spool_error").inc()
+        log.error("event=spool_write_failed error=%r", str(exc))
+        return _error(503, "alert could not be stored; retry")
+    sink.metrics.alerts_received.inc()
+    return jsonify({"accepted": len(docs), "ids": [d.doc_id for d in docs]}), 202
+
+
+alerts_bp = Blueprint("alerts", __name__)
+
+
+def _int_arg(name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise PayloadError(name, f"must be an integer, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise PayloadError(name, f"must be {bound}, got {value}")
+    return value
+
+
+def _time_arg(name: str) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        return parse_rfc3339_ns(raw)
+    except ValueError:
+        pass
+    try:
+        return int(float(raw) * 1_000_000_000)
+    except ValueError:
+        raise PayloadError(name, f"must be RFC 3339 or epoch seconds, got {raw!r}") from None
+
+
+@alerts_bp.get("/alerts")
+@require_token
+def list_alerts():
+    sink = _sink()
+    if sink.store is None:
+        return _error(
+            404,
+            "GET /alerts needs --store sqlite:PATH; in Elasticsearch mode query the "
+            f"{sink.config.es_index!r} index",
+        )
+    cfg = sink.config
+    try:
+        limit = _int_arg("limit", cfg.default_page_size, minimum=1, maximum=cfg.max_page_size)
+        offset = _int_arg("offset", 0, minimum=0)
+        level = request.args.get("level")
+        if level is not None:
+            level = level.upper()
+            if level not in LEVELS:
+                raise PayloadError("level", f"must be one of {', '.join(LEVELS)}")
+        total, items, next_cursor = sink.store.query(
+            level=level,
+            txn_id=request.args.get("txn_id"),
+            model=request.args.get("model"),
+            since_ns=_time_arg("since"),
+            until_ns=_time_arg("until"),
+            limit=limit,
+            offset=offset,
+            cursor=request.args.get("cursor"),
+        )
+    except PayloadError as exc:
+        return _error(400, str(exc))
+    except ValueError as exc:  # bad cursor
+        return _error(400, f"cursor: {exc}")
+    return jsonify(
+        {
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "next_cursor": next_cursor,
+            "alerts": items,
+        }
+    )
+
+
+health_bp = Blueprint("health", __name__)
+
+
+@health_bp.get("/health")
+def health():
+    sink = _sink()
+    body: dict[str, Any] = {"mode": sink.config.mode, "accepting": not sink.draining}
+    if sink.store is not None:
+        body["store"] = {"documents": sink.store.count()}
+        body["status"] = "ok"
+    else:
+        reachable = sink.target.ping(sink.config.health_timeout)
+        state = sink.shipper.state
+        body["elasticsearch"] = {
+            "url": sink.config.es_url,
+            "reachable": reachable,
+            "index_ready": state.index_ready,
+            "last_error": state.last_error,
+            "last_success_age_seconds": (
+                None if state.last_success is None else round(time.time() - state.last_success, 3)
+            ),
+        }
+        age = sink.spool.oldest_age()
+        body["spool"] = {
+            "depth": sink.spool.depth(),
+            "oldest_undelivered_age_seconds": None if age is None else round(age, 3),
+            "dead_letter": sink.spool.dead_letter_count(),
+        }
+        # Alerts are still accepted (and spooled) while Elasticsearch is down: degraded, 200.
+        body["status"] = "ok" if reachable and state.index_ready else "degraded"
+    return jsonify(body)
+
+
+metrics_bp = Blueprint("metrics", __name__)
+
+
+@metrics_bp.get("/metrics")
+def metrics():
+    data = generate_latest(_sink().metrics.registry)
+    return Response(
+        data,
+        mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+class _InFlight:
+    """WSGI middleware counting requests in progress, so shutdown can wait for them."""
+
+    def __init__(self, wsgi_app: Callable, sink: AlertSink) -> None:
+        self.wsgi_app = wsgi_app
+        self.sink = sink
+
+    def __call__(self, environ: dict, start_response: Callable):
+        self.sink.request_started()
+        try:
+            # Bodies here are small JSON documents; materialize before counting down.
+            return list(self.wsgi_app(environ, start_response))
+        finally:
+            self.sink.request_finished()
+
+
+def create_app(
+    config: SinkConfig | None = None,
+    *,
+    target_factory: Callable[..., ElasticsearchTarget] = ElasticsearchTarget,
+) -> Flask:
+    """Build the app. ``config=None`` reads ``ALERT_SINK_*`` from the environment."""
+    if config is None:
+        from .cli import config_from_env
+
+        config = config_from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False
+    sink = AlertSink(config, target_factory=target_factory)
+    app.extensions[EXTENSION] = sink
+    for bp in (kapacitor_bp, alerts_bp, health_bp, metrics_bp):
+        app.register_blueprint(bp)
+
+    @app.before_request
+    def _mark_start():
+        g.endpoint_label = request.url_rule.rule if request.url_rule else "unmatched"
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        label = getattr(g, "endpoint_label", "unmatched")
+        sink.metrics.requests.labels(endpoint=label, status=str(response.status_code)).inc()
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        if exc.code == 413:
+            sink.metrics.rejected.labels(reason="too_large").inc()
+            log.warning("event=alert_rejected reason=too_large limit=%d", config.max_body_bytes)
+            return _error(413, f"request body exceeds {config.max_body_bytes} bytes")
+        return _error(exc.code or 500, exc.description or exc.name)
+
+    app.wsgi_app = _InFlight(app.wsgi_app, sink)  # type: ignore[method-assign]
+    if config.start_shipper:
+        sink.start()
+    log.info("event=app_created config=%r", config)
+    return app

@@ -1,0 +1,315 @@
+"""Kapacitor alert JSON → contract documents, without I/O.
+
+Kapacitor's alert node posts one JSON object per alert event::
+
+    {"id", "message", "details", "time", "duration", "level", "previousLevel",
+     "recoverable", "data": {"series": [{"name", "tags", "columns", "values"}]}}
+
+Every row of every series becomes one document whose keys are exactly
+``models.contract.ALERT_DOC_FIELDS``. The whole body is validated before anything is
+returned, so a bad row rejects the whole request and nothing of it is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from models.contract import (
+    LABEL,
+    MODEL_TAG,
+    MODEL_VERSION_TAG,
+    SCORE,
+    SOURCE_TAG,
+    THRESHOLD,
+    TXN_ID,
+)
+
+from .errors import PayloadError
+
+__all__ = ["LEVELS", "AlertDocument", "parse_alert", "parse_rfc3339_ns"]
+
+LEVELS = ("OK", "INFO", "WARNING", "CRITICAL")
+AMOUNT_FIELD = "Amount"
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(Z|z|[+-]\d{2}:\d{2})$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDocument:
+    """One contract document and its deterministic Elasticsearch ``_id``."""
+
+    doc_id: str
+    timestamp_ns: int
+    source: dict[str, Any]
+
+
+def parse_rfc3339_ns(value: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 timestamp (nanosecond precision kept).
+
+    Raises ``ValueError`` when ``value`` is not RFC 3339.
+    """
+    m = _RFC3339.match(value)
+    if m is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {value!r}")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    frac = (m.group(7) or "").ljust(9, "0")
+    zone = m.group(8)
+    if zone in ("Z", "z"):
+        tz = timezone.utc
+    else:
+        sign = 1 if zone[0] == "+" else -1
+        hours, minutes = int(zone[1:3]), int(zone[4:6])
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    dt = datetime(year, month, day, hour, minute, second, tzinfo=tz)
+    return int(dt.timestamp()) * 1_000_000_000 + int(frac)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require_str(obj: dict, key: str, path: str, *, required: bool) -> str | None:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise PayloadError(path, f"missing required key {key!r}")
+        return None
+    value = obj[key]
+    if not isinstance(value, str):
+        raise PayloadError(
+            f"{path}.{key}" if path else key, f"must be a string, got {_type(value)}"
+        )
+    return value
+
+
+def _type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _timestamp(value: str, path: str) -> int:
+    try:
+        return parse_rfc3339_ns(value)
+    except ValueError:
+        raise PayloadError(path, f"not an RFC 3339 timestamp: {value!r}") from None
+
+
+def task_from_details(details: str | None) -> str | None:
+    """``TaskName`` from Kapacitor's default details (an HTML-escaped JSON dump), if any."""
+    if not details:
+        return None
+    text = html.unescape(details).strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        dump = json.loads(text)
+    except ValueError:
+        return None
+    task = dump.get("TaskName") if isinstance(dump, dict) else None
+    return task if isinstance(task, str) and task else None
+
+
+def _number(value: Any, path: str, column: str) -> float | None:
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise PayloadError(path, f"column {column!r} must be a number, got {_type(value)}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise PayloadError(path, f"column {column!r} must be finite")
+    return result
+
+
+def _doc_id(alert_id: str, alert_time: str, name: str, tags: dict, row_time: str, key: str) -> str:
+    # Everything that identifies one row of one alert event, and nothing that a re-delivery
+    # could change: a re-posted identical alert hashes to the same id and overwrites.
+    canonical = json.dumps(
+        [alert_id, alert_time, name, sorted(tags.items()), row_time, key],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:40]
+
+
+def parse_alert(body: bytes | str, *, task: str | None = None) -> list[AlertDocument]:
+    """Validate a whole Kapacitor alert body and return its documents.
+
+    ``task`` is the optional ``?task=`` of the post URL. The task name is taken, in order,
+    from the details dump's ``TaskName``, then ``task``, then the series name.
+    Raises :class:`PayloadError` naming the first problem found.
+    """
+    try:
+        alert = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError("", f"body is not valid JSON: {exc}") from None
+    if not isinstance(alert, dict):
+        raise PayloadError("", f"body must be a JSON object, got {_type(alert)}")
+
+    alert_id = _require_str(alert, "id", "", required=True)
+    if not alert_id:
+        raise PayloadError("id", "must not be empty")
+    message = _require_str(alert, "message", "", required=False) or ""
+    details = _require_str(alert, "details", "", required=False)
+    alert_time = _require_str(alert, "time", "", required=True)
+    alert_ns = _timestamp(alert_time, "time")
+    level = _require_str(alert, "level", "", required=True)
+    if level not in LEVELS:
+        raise PayloadError("level", f"must be one of {', '.join(LEVELS)}, got {level!r}")
+    previous = _require_str(alert, "previousLevel", "", required=False)
+    if previous is not None and previous not in LEVELS:
+        raise PayloadError("previousLevel", f"must be one of {', '.join(LEVELS)}, got {previous!r}")
+    if (
+        "duration" in alert
+        and alert["duration"] is not None
+        and not (isinstance(alert["duration"], int) and not isinstance(alert["duration"], bool))
+    ):
+        raise PayloadError("duration", f"must be an integer (ns), got {_type(alert['duration'])}")
+    if "recoverable" in alert and not isinstance(alert["recoverable"], (bool, type(None))):
+        raise PayloadError("recoverable", f"must be a boolean, got {_type(alert['recoverable'])}")
+    if task is not None and not task:
+        task = None
+    task_name = task_from_details(details) or task
+
+    data = alert.get("data")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PayloadError("data", f"must be an object, got {_type(data)}")
+    series_list = data.get("series")
+    if series_list is None:
+        series_list = []
+    if not isinstance(series_list, list):
+        raise PayloadError("data.series", f"must be an array, got {_type(series_list)}")
+
+    base = {
+        "alert.id": alert_id,
+        "alert.level": level,
+        "alert.message": message,
+    }
+    docs: list[AlertDocument] = []
+    for s_idx, series in enumerate(series_list):
+        path = f"data.series[{s_idx}]"
+        if not isinstance(series, dict):
+            raise PayloadError(path, f"must be an object, got {_type(series)}")
+        name = _require_str(series, "name", path, required=False) or ""
+        tags = series.get("tags") or {}
+        if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+            raise PayloadError(f"{path}.tags", "must be an object of string values")
+        columns = series.get("columns")
+        if not isinstance(columns, list) or not columns:
+            raise PayloadError(f"{path}.columns", "must be a non-empty array of strings")
+        for c_idx, col in enumerate(columns):
+            if not isinstance(col, str):
+                raise PayloadError(
+                    f"{path}.columns[{c_idx}]", f"must be a string, got {_type(col)}"
+                )
+        if len(set(columns)) != len(columns):
+            raise PayloadError(f"{path}.columns", "column names must be unique")
+        rows = series.get("values") or []
+        if not isinstance(rows, list):
+            raise PayloadError(f"{path}.values", f"must be an array, got {_type(rows)}")
+        for r_idx, row in enumerate(rows):
+            rpath = f"{path}.values[{r_idx}]"
+            if not isinstance(row, list):
+                raise PayloadError(rpath, f"must be an array, got {_type(row)}")
+            if len(row) != len(columns):
+                raise PayloadError(rpath, f"row has {len(row)} values but {len(columns)} columns")
+            fields = dict(zip(columns, row, strict=True))
+            docs.append(
+                _row_document(
+                    base,
+                    fields,
+                    tags,
+                    name,
+                    rpath,
+                    alert_id,
+                    alert_time,
+                    alert_ns,
+                    task_name,
+                    f"{s_idx}:{r_idx}",
+                )
+            )
+    if not docs:
+        # An alert without rows is still an alert: index its top-level facts.
+        docs.append(
+            _row_document(base, {}, {}, "", "data", alert_id, alert_time, alert_ns, task_name, "-")
+        )
+    return docs
+
+
+def _row_document(
+    base: dict,
+    fields: dict,
+    tags: dict,
+    name: str,
+    rpath: str,
+    alert_id: str,
+    alert_time: str,
+    alert_ns: int,
+    task_name: str | None,
+    position: str,
+) -> AlertDocument:
+    row_time = fields.get("time")
+    if row_time is None:
+        row_time, row_ns = alert_time, alert_ns
+    elif isinstance(row_time, str):
+        row_ns = _timestamp(row_time, f"{rpath} column 'time'")
+    else:
+        raise PayloadError(rpath, f"column 'time' must be a string, got {_type(row_time)}")
+
+    txn_id = fields.get(TXN_ID, tags.get(TXN_ID))
+    if txn_id is not None and not isinstance(txn_id, str):
+        raise PayloadError(rpath, f"column {TXN_ID!r} must be a string, got {_type(txn_id)}")
+    label = fields.get(LABEL)
+    if label is not None and (
+        isinstance(label, bool) or not isinstance(label, (int, float)) or label != int(label)
+    ):
+        raise PayloadError(rpath, f"column {LABEL!r} must be an integer, got {_type(label)}")
+    model_name = fields.get(MODEL_TAG, tags.get(MODEL_TAG))
+    model_version = fields.get(MODEL_VERSION_TAG, tags.get(MODEL_VERSION_TAG))
+    source = tags.get(SOURCE_TAG, fields.get(SOURCE_TAG))
+    for col, value in ((MODEL_TAG, model_name), (MODEL_VERSION_TAG, model_version)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            raise PayloadError(rpath, f"{col!r} must be a string, got {_type(value)}")
+    if source is not None and not isinstance(source, str):
+        raise PayloadError(rpath, f"{SOURCE_TAG!r} must be a string, got {_type(source)}")
+
+    doc = {
+        "@timestamp": row_time,
+        **base,
+        "task": task_name or name or None,
+        "txn_id": txn_id,
+        "score": _number(fields.get(SCORE), rpath, SCORE),
+        "threshold": _number(fields.get(THRESHOLD), rpath, THRESHOLD),
+        "model.name": None if model_name is None else str(model_name),
+        "model.version": None if model_version is None else str(model_version),
+        "amount": _number(fields.get(AMOUNT_FIELD), rpath, AMOUNT_FIELD),
+        "label": None if label is None else int(label),
+        "source": source,
+    }
+    key = txn_id if txn_id is not None else f"row:{position}"
+    return AlertDocument(
+        doc_id=_doc_id(alert_id, alert_time, name, tags, row_time, key),
+        timestamp_ns=row_ns,
+        source=doc,
+    )
