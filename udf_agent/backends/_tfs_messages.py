@@ -1,0 +1,72 @@
+"""Message classes for TF Serving's gRPC API, built from the committed descriptor.
+
+The classes live in a private descriptor pool, so the official ``tensorflow_serving``
+modules can be imported in the same process without a duplicate-symbol clash.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import descriptor_pb2, descriptor_pool
+
+from ._tfs_descriptor import SERIALIZED_FILE_DESCRIPTOR_SET
+
+try:  # protobuf >= 4.21
+    from google.protobuf.message_factory import GetMessageClass as _message_class
+except ImportError:  # pragma: no cover - very old runtimes
+    from google.protobuf.message_factory import MessageFactory
+
+    _message_class = MessageFactory().GetPrototype  # type: ignore[assignment]
+
+__all__ = [
+    "DT_DOUBLE",
+    "DT_FLOAT",
+    "GET_MODEL_METADATA_METHOD",
+    "PREDICT_METHOD",
+    "SIGNATURE_DEF_MAP_TYPE_URL",
+    "GetModelMetadataRequest",
+    "GetModelMetadataResponse",
+    "ModelSpec",
+    "PredictRequest",
+    "PredictResponse",
+    "SignatureDefMap",
+    "TensorProto",
+    "dtype_name",
+    "dtype_value",
+    "pool",
+]
+
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+GET_MODEL_METADATA_METHOD = "/tensorflow.serving.PredictionService/GetModelMetadata"
+SIGNATURE_DEF_MAP_TYPE_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+
+pool = descriptor_pool.DescriptorPool()
+for _file in descriptor_pb2.FileDescriptorSet.FromString(SERIALIZED_FILE_DESCRIPTOR_SET).file:
+    pool.Add(_file)
+
+
+def _cls(name: str):
+    return _message_class(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
+
+
+TensorProto = _cls("TensorProto")
+ModelSpec = _cls("ModelSpec")
+PredictRequest = _cls("PredictRequest")
+PredictResponse = _cls("PredictResponse")
+SignatureDefMap = _cls("SignatureDefMap")
+GetModelMetadataRequest = _cls("GetModelMetadataRequest")
+GetModelMetadataResponse = _cls("GetModelMetadataResponse")
+
+_DTYPE = pool.FindEnumTypeByName("tensorflow.serving.DataType")
+DT_FLOAT = _DTYPE.values_by_name["DT_FLOAT"].number
+DT_DOUBLE = _DTYPE.values_by_name["DT_DOUBLE"].number
+
+
+def dtype_name(value: int) -> str:
+    """``1`` → ``"DT_FLOAT"``; unknown numbers as ``"DT_<n>"``."""
+    v = _DTYPE.values_by_number.get(value)
+    return v.name if v is not None else f"DT_{value}"
+
+
+def dtype_value(name: str) -> int:
+    """``"DT_FLOAT"`` → ``1``; raises KeyError for names outside the subset."""
+    return _DTYPE.values_by_name[name].number
