@@ -184,7 +184,7 @@ class TFServingPeer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return {k: v.numpy() for k, v in out.items()}
 
     # -- gRPC ------------------------------------------------------------------------
-    def Predict(self, request, context):  # noqa: N802 - generated servicer name
+    def Predict(self, request, context):
         with self._lock:
             self.predict_requests += 1
         try:
@@ -207,7 +207,7 @@ class TFServingPeer(prediction_service_pb2_grpc.PredictionServiceServicer):
             resp.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key]))
         return resp
 
-    def GetModelMetadata(self, request, context):  # noqa: N802 - generated servicer name
+    def GetModelMetadata(self, request, context):
         with self._lock:
             self.metadata_requests += 1
         try:
@@ -277,7 +277,7 @@ class _RestHandler(BaseHTTPRequestHandler):
         }.get(exc.code, 500)
         self._send(status, {"error": str(exc)})
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         with self.peer._lock:
             self.peer.metadata_requests += 1
         try:
@@ -303,7 +303,7 @@ class _RestHandler(BaseHTTPRequestHandler):
             },
         )
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+    def do_POST(self) -> None:
         with self.peer._lock:
             self.peer.predict_requests += 1
         try:
