@@ -53,12 +53,6 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(name="INFLUXDB_ADMIN_PASSWORD", help="InfluxDB admin password", generate=_token()),
     Variable(
-        name="INFLUXDB_WRITE_USER",
-        help="InfluxDB user writing `fraud` (publisher)",
-        default="publisher",
-    ),
-    Variable(name="INFLUXDB_WRITE_USER_PASSWORD", help="its password", generate=_token()),
-    Variable(
         name="INFLUXDB_READ_USER", help="InfluxDB user reading `fraud` (Grafana)", default="grafana"
     ),
     Variable(name="INFLUXDB_READ_USER_PASSWORD", help="its password", generate=_token()),

@@ -1,0 +1,505 @@
+#!/usr/bin/env python3
+"""Generate the Grafana dashboards of the stack (compose/grafana/dashboards/*.json).
+
+    python compose/scripts/gen_dashboards.py [--check]
+
+The JSON files are committed; this script is their source, so every query is written once,
+from the data contract (models.contract) and the services' metric names. --check exits 1
+when a committed file differs from what the script generates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from models import contract as c  # noqa: E402
+
+OUT_DIR = REPO_ROOT / "compose" / "grafana" / "dashboards"
+INFLUX = {"type": "influxdb", "uid": "influxdb-fraud"}
+PROM = {"type": "prometheus", "uid": "prometheus"}
+SCORED = f'"{c.RETENTION_POLICY}"."{c.SCORED_MEASUREMENT}"'
+INPUT = f'"{c.RETENTION_POLICY}"."{c.INPUT_MEASUREMENT}"'
+QUALITY = f'"{c.RETENTION_POLICY}"."{c.MODEL_QUALITY_MEASUREMENT}"'
+#: fields the live-evaluation TICKscript writes into `model_quality`
+QUALITY_FIELDS = ("precision", "recall", "alert_rate")
+PER_SECOND = "/ ($__interval_ms / 1000)"
+
+
+def influx(ref: str, query: str, alias: str | None = None) -> dict:
+    target = {
+        "refId": ref,
+        "datasource": INFLUX,
+        "query": query,
+        "rawQuery": True,
+        "resultFormat": "time_series",
+    }
+    if alias:
+        target["alias"] = alias
+    return target
+
+
+def prom(ref: str, expr: str, legend: str) -> dict:
+    return {"refId": ref, "datasource": PROM, "expr": expr, "legendFormat": legend, "range": True}
+
+
+class Layout:
+    """Places panels left to right on Grafana's 24-column grid."""
+
+    def __init__(self) -> None:
+        self.x = self.y = 0
+        self.row_h = 0
+        self.next_id = 1
+
+    def panel(
+        self,
+        title: str,
+        targets: list[dict],
+        *,
+        kind: str = "timeseries",
+        w: int = 12,
+        h: int = 8,
+        unit: str = "short",
+        description: str = "",
+        options: dict | None = None,
+        field_config: dict | None = None,
+    ) -> dict:
+        if self.x + w > 24:
+            self.x, self.y = 0, self.y + self.row_h
+            self.row_h = 0
+        defaults = {"unit": unit}
+        defaults.update(field_config or {})
+        panel = {
+            "id": self.next_id,
+            "type": kind,
+            "title": title,
+            "description": description,
+            "datasource": targets[0]["datasource"],
+            "gridPos": {"x": self.x, "y": self.y, "w": w, "h": h},
+            "targets": targets,
+            "fieldConfig": {"defaults": defaults, "overrides": []},
+            "options": options
+            or {
+                "legend": {"displayMode": "list", "placement": "bottom"},
+                "tooltip": {"mode": "multi"},
+            },
+        }
+        self.next_id += 1
+        self.x += w
+        self.row_h = max(self.row_h, h)
+        return panel
+
+
+def dashboard(
+    uid: str,
+    title: str,
+    panels: list[dict],
+    *,
+    tags: list[str],
+    refresh: str = "10s",
+    time_from: str = "now-30m",
+) -> dict:
+    return {
+        "uid": uid,
+        "title": title,
+        "tags": ["tick-anomaly", *tags],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": False,
+        "graphTooltip": 1,
+        "refresh": refresh,
+        "time": {"from": time_from, "to": "now"},
+        "templating": {"list": []},
+        "annotations": {"list": []},
+        "links": [
+            {
+                "type": "dashboards",
+                "tags": ["tick-anomaly"],
+                "asDropdown": True,
+                "title": "Fraud detection",
+            }
+        ],
+        "panels": panels,
+    }
+
+
+def live_scoring() -> dict:
+    lay = Layout()
+    t = "WHERE $timeFilter"
+    g = "GROUP BY time($__interval) fill(0)"
+    panels = [
+        lay.panel(
+            "Throughput",
+            [
+                influx(
+                    "A", f'SELECT count("{c.LABEL}") {PER_SECOND} FROM {INPUT} {t} {g}', "published"
+                ),
+                influx(
+                    "B", f'SELECT count("{c.SCORE}") {PER_SECOND} FROM {SCORED} {t} {g}', "scored"
+                ),
+                influx(
+                    "C",
+                    f'SELECT count("{c.SCORE_ERROR}") {PER_SECOND} FROM {SCORED} {t} {g}',
+                    "score errors",
+                ),
+            ],
+            unit="pps",
+            description="Points per second into InfluxDB and back from the UDF.",
+        ),
+        lay.panel(
+            "Anomalies per second",
+            [
+                influx(
+                    "A",
+                    f'SELECT count("{c.SCORE}") {PER_SECOND} FROM {SCORED} '
+                    f'WHERE "{c.IS_ANOMALY}" = true AND $timeFilter {g}',
+                    "anomalies",
+                ),
+            ],
+            unit="pps",
+        ),
+        lay.panel(
+            "Score percentiles",
+            [
+                influx(
+                    "A",
+                    f'SELECT percentile("{c.SCORE}", 50) AS "p50", '
+                    f'percentile("{c.SCORE}", 95) AS "p95", '
+                    f'percentile("{c.SCORE}", 99) AS "p99", '
+                    f'mean("{c.THRESHOLD}") AS "threshold" FROM {SCORED} {t} '
+                    "GROUP BY time($__interval) fill(none)",
+                ),
+            ],
+            unit="percentunit",
+            field_config={"min": 0, "max": 1},
+        ),
+        lay.panel(
+            "Score distribution",
+            [
+                influx("A", f'SELECT "{c.SCORE}" FROM {SCORED} {t} LIMIT 20000', "score"),
+            ],
+            kind="histogram",
+            unit="percentunit",
+            options={
+                "bucketSize": 0.05,
+                "bucketOffset": 0,
+                "combine": False,
+                "legend": {"displayMode": "list", "placement": "bottom"},
+            },
+            description="Scores of the points in the time range (at most 20 000).",
+        ),
+        lay.panel(
+            "Scored by model version",
+            [
+                influx(
+                    "A",
+                    f'SELECT count("{c.SCORE}") {PER_SECOND} FROM {SCORED} {t} '
+                    f'GROUP BY time($__interval), "{c.MODEL_TAG}", "{c.MODEL_VERSION_TAG}" '
+                    "fill(0)",
+                    f"$tag_{c.MODEL_TAG} v$tag_{c.MODEL_VERSION_TAG}",
+                ),
+            ],
+            unit="pps",
+        ),
+        lay.panel(
+            "Mean score by model version",
+            [
+                influx(
+                    "A",
+                    f'SELECT mean("{c.SCORE}") FROM {SCORED} {t} '
+                    f'GROUP BY time($__interval), "{c.MODEL_TAG}", "{c.MODEL_VERSION_TAG}" '
+                    "fill(none)",
+                    f"mean score $tag_{c.MODEL_TAG} v$tag_{c.MODEL_VERSION_TAG}",
+                ),
+            ],
+            unit="percentunit",
+        ),
+        lay.panel(
+            "Champion vs challenger: mean score",
+            [
+                influx(
+                    "A",
+                    f'SELECT mean("{c.SCORE}") AS "champion", '
+                    f'mean("{c.SCORE_CHALLENGER}") AS "challenger" FROM {SCORED} {t} '
+                    "GROUP BY time($__interval) fill(none)",
+                ),
+            ],
+            unit="percentunit",
+            description="Shadow scoring: score vs score_challenger.",
+        ),
+        lay.panel(
+            "Champion vs challenger: flags at 0.5",
+            [
+                influx(
+                    "A",
+                    f'SELECT count("{c.SCORE}") {PER_SECOND} FROM {SCORED} '
+                    f'WHERE "{c.SCORE}" >= 0.5 AND $timeFilter {g}',
+                    "champion",
+                ),
+                influx(
+                    "B",
+                    f'SELECT count("{c.SCORE_CHALLENGER}") {PER_SECOND} FROM {SCORED} '
+                    f'WHERE "{c.SCORE_CHALLENGER}" >= 0.5 AND $timeFilter {g}',
+                    "challenger",
+                ),
+            ],
+            unit="pps",
+        ),
+    ]
+    return dashboard(
+        "fraud-live-scoring", "Fraud detection: live scoring", panels, tags=["influxdb"]
+    )
+
+
+def model_quality() -> dict:
+    lay = Layout()
+    t = "WHERE $timeFilter"
+    fields = ", ".join(f'last("{f}") AS "{f}"' for f in QUALITY_FIELDS)
+    scored_g = "GROUP BY time($__interval) fill(0)"
+    panels = [
+        lay.panel(
+            "Precision and recall (live, from labels)",
+            [
+                influx(
+                    "A",
+                    f"SELECT {fields} FROM {QUALITY} {t} GROUP BY time($__interval), * fill(none)",
+                ),
+            ],
+            w=24,
+            unit="percentunit",
+            field_config={"min": 0, "max": 1},
+            description=f"Written by the evaluation TICKscript into `{c.MODEL_QUALITY_MEASUREMENT}`.",
+        ),
+        lay.panel(
+            "True positives / false positives / missed frauds",
+            [
+                influx(
+                    "A",
+                    f'SELECT count("{c.SCORE}") FROM {SCORED} WHERE "{c.IS_ANOMALY}" = true '
+                    f'AND "{c.LABEL}" = 1 AND $timeFilter {scored_g}',
+                    "true positives",
+                ),
+                influx(
+                    "B",
+                    f'SELECT count("{c.SCORE}") FROM {SCORED} WHERE "{c.IS_ANOMALY}" = true '
+                    f'AND "{c.LABEL}" = 0 AND $timeFilter {scored_g}',
+                    "false positives",
+                ),
+                influx(
+                    "C",
+                    f'SELECT count("{c.SCORE}") FROM {SCORED} WHERE "{c.IS_ANOMALY}" = false '
+                    f'AND "{c.LABEL}" = 1 AND $timeFilter {scored_g}',
+                    "missed frauds",
+                ),
+            ],
+            unit="short",
+            description="Counted straight from transactions_scored and its label.",
+        ),
+        lay.panel(
+            "Alert rate",
+            [
+                influx(
+                    "A",
+                    f'SELECT last("alert_rate") FROM {QUALITY} {t} '
+                    "GROUP BY time($__interval), * fill(none)",
+                    "alert rate",
+                ),
+            ],
+            unit="percentunit",
+        ),
+        lay.panel(
+            "Score of frauds vs legitimate transactions",
+            [
+                influx(
+                    "A",
+                    f'SELECT mean("{c.SCORE}") FROM {SCORED} WHERE "{c.LABEL}" = 1 '
+                    "AND $timeFilter GROUP BY time($__interval) fill(none)",
+                    "fraud (label 1)",
+                ),
+                influx(
+                    "B",
+                    f'SELECT mean("{c.SCORE}") FROM {SCORED} WHERE "{c.LABEL}" = 0 '
+                    "AND $timeFilter GROUP BY time($__interval) fill(none)",
+                    "legit (label 0)",
+                ),
+            ],
+            w=24,
+            unit="percentunit",
+            field_config={"min": 0, "max": 1},
+        ),
+    ]
+    return dashboard(
+        "fraud-model-quality",
+        "Fraud detection: live model quality",
+        panels,
+        tags=["influxdb", "quality"],
+        refresh="30s",
+        time_from="now-6h",
+    )
+
+
+def service_metrics() -> dict:
+    lay = Layout()
+    q = "histogram_quantile({p}, sum by (le) (rate({m}_bucket[5m])))"
+    panels = [
+        lay.panel(
+            "Targets up",
+            [
+                prom("A", 'up{job=~"udf-agent|alert-sink|api"}', "{{job}}"),
+            ],
+            kind="stat",
+            w=24,
+            h=4,
+            unit="bool_on_off",
+            options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"},
+        ),
+        lay.panel(
+            "UDF agent: points in / out",
+            [
+                prom("A", "rate(udf_agent_points_in_total[1m])", "in"),
+                prom("B", "rate(udf_agent_points_out_total[1m])", "out"),
+            ],
+            unit="pps",
+        ),
+        lay.panel(
+            "UDF agent: scored by model version",
+            [
+                prom(
+                    "A",
+                    "sum by (model, version) (rate(udf_agent_points_scored_total[1m]))",
+                    "{{model}} v{{version}}",
+                ),
+            ],
+            unit="pps",
+        ),
+        lay.panel(
+            "UDF agent: scoring latency",
+            [
+                prom("A", q.format(p=0.5, m="udf_agent_scoring_seconds"), "p50"),
+                prom("B", q.format(p=0.95, m="udf_agent_scoring_seconds"), "p95"),
+                prom("C", q.format(p=0.99, m="udf_agent_scoring_seconds"), "p99"),
+            ],
+            unit="s",
+        ),
+        lay.panel(
+            "UDF agent: batch size",
+            [
+                prom("A", q.format(p=0.5, m="udf_agent_batch_size"), "p50"),
+                prom("B", q.format(p=0.99, m="udf_agent_batch_size"), "p99"),
+            ],
+        ),
+        lay.panel(
+            "UDF agent: errors and fallbacks",
+            [
+                prom("A", "sum by (reason) (rate(udf_agent_errors_total[5m]))", "{{reason}}"),
+                prom("B", "rate(udf_agent_fallback_batches_total[5m])", "fallback batches"),
+            ],
+            unit="ops",
+        ),
+        lay.panel(
+            "UDF agent: Kapacitor connections",
+            [
+                prom("A", "udf_agent_connections", "open"),
+            ],
+        ),
+        lay.panel(
+            "Alert sink: alerts in, documents shipped",
+            [
+                prom("A", "rate(alert_sink_alerts_received_total[5m])", "received"),
+                prom("B", "rate(alert_sink_documents_shipped_total[5m])", "shipped"),
+                prom(
+                    "C",
+                    "sum by (reason) (rate(alert_sink_alerts_rejected_total[5m]))",
+                    "rejected {{reason}}",
+                ),
+            ],
+            unit="ops",
+        ),
+        lay.panel(
+            "Alert sink: spool and Elasticsearch",
+            [
+                prom("A", "alert_sink_spool_depth", "spool depth"),
+                prom("B", "alert_sink_dead_letter_depth", "dead letters"),
+                prom("C", "alert_sink_elasticsearch_up", "elasticsearch up"),
+            ],
+        ),
+        lay.panel(
+            "API: requests",
+            [
+                prom(
+                    "A",
+                    "sum by (endpoint, status) (rate(api_requests_total[5m]))",
+                    "{{endpoint}} {{status}}",
+                ),
+                prom(
+                    "B",
+                    "sum by (model, version) (rate(api_predictions_total[5m]))",
+                    "predictions {{model}} v{{version}}",
+                ),
+            ],
+            unit="reqps",
+        ),
+        lay.panel(
+            "API: latency p95",
+            [
+                prom(
+                    "A",
+                    "histogram_quantile(0.95, sum by (le, endpoint) "
+                    "(rate(api_request_duration_seconds_bucket[5m])))",
+                    "{{endpoint}}",
+                ),
+            ],
+            unit="s",
+        ),
+    ]
+    return dashboard(
+        "fraud-service-metrics",
+        "Fraud detection: service metrics",
+        panels,
+        tags=["prometheus"],
+        refresh="30s",
+        time_from="now-1h",
+    )
+
+
+DASHBOARDS = {
+    "live-scoring.json": live_scoring,
+    "model-quality.json": model_quality,
+    "service-metrics.json": service_metrics,
+}
+
+
+def render(build) -> str:
+    return json.dumps(build(), indent=2, sort_keys=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if a committed file differs")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    args = parser.parse_args(argv)
+    stale = []
+    for name, build in DASHBOARDS.items():
+        path = args.out_dir / name
+        text = render(build)
+        if args.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    if stale:
+        print(f"stale dashboards (run {Path(__file__).name}): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
