@@ -29,18 +29,22 @@ from typing import Any
 __all__ = [
     "ALIASES_FILE",
     "CARD_FILE",
+    "CARD_MARKDOWN_FILE",
     "ChecksumMismatch",
     "ModelCard",
     "ModelNotFound",
     "Registry",
     "RegistryError",
     "default_registry_root",
+    "render_card_markdown",
     "sha256_path",
 ]
 
 log = logging.getLogger("models.registry")
 
 CARD_FILE = "model.json"
+#: human-readable model card written next to ``model.json``
+CARD_MARKDOWN_FILE = "architecture.md"
 ALIASES_FILE = "aliases.json"
 KNOWN_ALIASES = ("production", "challenger", "staging")
 
@@ -144,6 +148,55 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _md_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (dict, list)):
+        return "`" + json.dumps(v, sort_keys=True, default=str) + "`"
+    return str(v).replace("|", "/")
+
+
+def render_card_markdown(card: Mapping[str, Any]) -> str:
+    """The model card as markdown (``architecture.md``), for people reading the registry."""
+    lines = [
+        f"# {card.get('name')} v{card.get('version')}",
+        "",
+        f"- created: {card.get('created')}",
+        f"- framework: {card.get('framework')}",
+    ]
+    for key in ("candidate", "description", "threshold_strategy", "review_cost"):
+        if key in card:
+            lines.append(f"- {key.replace('_', ' ')}: {_md_value(card[key])}")
+    lines.append(
+        f"- decision threshold: {float(card.get('threshold', 0.0)):.6g} (score >= threshold)"
+    )
+    art = card.get("artifact") or {}
+    lines += [
+        f"- artifact: `{art.get('file')}` sha256 `{art.get('sha256')}`",
+        "",
+        "## Features (model input order)",
+        "",
+        ", ".join(f"`{f}`" for f in card.get("features", [])),
+        "",
+    ]
+    for title, key in (
+        ("Evaluation metrics", "metrics"),
+        ("Validation metrics", "validation_metrics"),
+        ("Training summary", "training"),
+        ("Parameters", "params"),
+        ("Serving", "serving"),
+    ):
+        section = card.get(key)
+        if not section:
+            continue
+        lines += [f"## {title}", "", "| key | value |", "| --- | --- |"]
+        lines += [f"| {k} | {_md_value(v)} |" for k, v in sorted(section.items())]
+        lines.append("")
+    if card.get("evaluated_on"):
+        lines += [f"Evaluated on: {card['evaluated_on']}.", ""]
+    return "\n".join(lines)
 
 
 class Registry:
@@ -325,6 +378,7 @@ class Registry:
                 version = str(max(existing, default=0) + 1)
                 card["version"] = version
                 _write_json_atomic(staging / CARD_FILE, card)
+                (staging / CARD_MARKDOWN_FILE).write_text(render_card_markdown(card))
                 try:
                     os.rename(staging, model_dir / version)
                 except OSError:
