@@ -118,6 +118,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="seconds to keep retrying unsent points after a stop request",
     )
     p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=float(_env(env, "STARTUP_TIMEOUT", "60")),
+        help="seconds to wait for InfluxDB to answer at start (default %(default)s)",
+    )
+    p.add_argument(
         "--progress-interval",
         type=float,
         default=float(_env(env, "PROGRESS_INTERVAL", "5")),
@@ -148,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> PublisherConfig:
         seed=args.seed,
         max_pending_batches=args.max_pending_batches,
         shutdown_timeout=args.shutdown_timeout,
+        startup_timeout=args.startup_timeout,
         progress_interval=args.progress_interval,
     )
 

@@ -121,7 +121,7 @@ class Publisher:
                 self.writer.write(body)
                 return True
             except InfluxRejectedError as exc:
-                if exc.status == 404 and self.config.create_database and not created:
+                if exc.status == 404 and not created:
                     # The database vanished (dropped, or a fresh server): recreate and retry.
                     log.warning(
                         "event=database_missing action=create database=%s", self.writer.database
@@ -147,6 +147,24 @@ class Publisher:
                     return False
                 delay = min(delay * 2, self.config.backoff_max)
 
+    def _ensure_database(self) -> None:
+        """Create the database, waiting up to startup_timeout for InfluxDB to come up."""
+        deadline = self._clock() + self.config.startup_timeout
+        delay = self.config.backoff_initial
+        while True:
+            try:
+                self.writer.ensure_database()
+                return
+            except InfluxUnavailableError as exc:
+                if self._clock() + delay > deadline or self._stop.is_set():
+                    raise InfluxUnavailableError(
+                        f"{exc} (gave up after --startup-timeout {self.config.startup_timeout:g}s)",
+                        status=exc.status,
+                    ) from exc
+                log.warning("event=waiting_for_influxdb retry_in_s=%.2f error=%r", delay, str(exc))
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.config.backoff_max)
+
     # -- producer --------------------------------------------------------------------------
     def _enqueue(self, batch: list[str]) -> None:
         body = ("\n".join(batch) + "\n").encode()
@@ -168,7 +186,7 @@ class Publisher:
     def run(self) -> PublishResult:
         cfg = self.config
         if cfg.create_database:
-            self.writer.ensure_database()
+            self._ensure_database()
         sender = threading.Thread(target=self._sender, name="publisher-sender", daemon=True)
         sender.start()
         started = self._clock()
