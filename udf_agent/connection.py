@@ -133,6 +133,14 @@ class Connection:
     def _dispatch_frames(self) -> None:
         stream_points: list[Any] = []
         stream_payloads: list[bytes | None] = []
+        try:
+            self._dispatch_loop(stream_points, stream_payloads)
+        finally:
+            # Points decoded before a bad frame are still scored and delivered.
+            if stream_points:
+                self._enqueue_stream(stream_points, stream_payloads)
+
+    def _dispatch_loop(self, stream_points: list[Any], stream_payloads: list[bytes | None]) -> None:
         for body in self._decoder.frames():
             try:
                 req = pb.Request.FromString(body)
@@ -150,7 +158,8 @@ class Connection:
                 continue
             if stream_points:  # keep order relative to batch edges and init
                 self._enqueue_stream(stream_points, stream_payloads)
-                stream_points, stream_payloads = [], []
+                stream_points.clear()
+                stream_payloads.clear()
             if kind == "keepalive":
                 resp = pb.Response()
                 resp.keepalive.time = req.keepalive.time
@@ -181,8 +190,6 @@ class Connection:
                 log.warning(
                     "conn=%d ignoring a request of unknown type (%d bytes)", self.id, len(body)
                 )
-        if stream_points:
-            self._enqueue_stream(stream_points, stream_payloads)
 
     def _enqueue_stream(self, points: list[Any], payloads: list[bytes | None]) -> None:
         session = self.session

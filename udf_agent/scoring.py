@@ -421,7 +421,8 @@ def _extract(
     for i in bad.tolist():
         p = points[i]
         fd, fi = p.fieldsDouble, p.fieldsInt
-        problems = []
+        missing: list[str] = []
+        problems: list[str] = []
         reason = None
         for j, f in enumerate(features):
             if f in fd:
@@ -435,13 +436,13 @@ def _extract(
                 problems.append(f"{f} is not numeric")
                 reason = reason or "non_numeric_feature"
             else:
-                problems.append(f"missing {f}")
+                missing.append(f)
                 reason = reason or "missing_feature"
+        if missing:
+            more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+            problems.insert(0, "missing " + ", ".join(missing[:3]) + more)
         if problems:
             if metrics is not None:
                 metrics.errors.labels(reason).inc()
-            shown = ", ".join(problems[:3]) + (
-                f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-            )
-            errors[i] = shown
+            errors[i] = "; ".join(problems[:4])
     return X

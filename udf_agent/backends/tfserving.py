@@ -538,9 +538,11 @@ class TFServingBackend(ScoringBackend):
         sigs = self.transport.signatures(self.spec, timeout or self.config.timeout)
         s = self.spec
         where = f"TF Serving model {s.describe} at {self._where}"
+        mismatch = f"{where} does not match model card {self.card.name} v{self.card.version}"
         if s.signature_name not in sigs:
+            served = ", ".join(sorted(sigs)) or "none"
             raise SignatureMismatch(
-                f"{where}: no signature {s.signature_name!r} (served: {', '.join(sorted(sigs)) or 'none'})"
+                f"{mismatch}: no signature {s.signature_name!r} (served: {served})"
             )
         sig = sigs[s.signature_name]
         problems = []
@@ -579,10 +581,7 @@ class TFServingBackend(ScoringBackend):
                     f"output {s.output_name!r} shape {out['shape']}, card says {list(s.output_shape)}"
                 )
         if problems:
-            raise SignatureMismatch(
-                f"{where} does not match model card {self.card.name} v{self.card.version}: "
-                + "; ".join(problems)
-            )
+            raise SignatureMismatch(f"{mismatch}: " + "; ".join(problems))
         self.metadata_verified = True
         log.info("tfserving_metadata_ok model=%s target=%s", s.describe, self._where)
 

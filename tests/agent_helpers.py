@@ -1,0 +1,170 @@
+"""Helpers for the UDF-agent tests: tiny models, a raw Kapacitor-side client."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from models import contract
+from models.backends import SklearnBackend, register_backend_kind
+from models.registry import Registry
+from udf_agent.protocol import messages as pb
+from udf_agent.protocol.codec import FrameDecoder, encode_frame
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def train_tiny(seed: int = 0, n: int = 2000, shift: float = 0.0):
+    """A logistic-regression pipeline on generated 30-feature data (numpy, card order)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, len(contract.FEATURES)))
+    y = (X[:, 1] + X[:, 2] + shift + rng.normal(size=n) > 2.5).astype(int)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
+    return model, X, y
+
+
+def register_tiny(
+    registry: Registry,
+    name: str = "creditcard",
+    *,
+    seed: int = 0,
+    alias: str | None = "production",
+    threshold: float = 0.5,
+    framework: str = "sklearn",
+    shift: float = 0.0,
+):
+    model, X, y = train_tiny(seed, shift=shift)
+    card = registry.register(
+        name, model, features=contract.FEATURES, threshold=threshold, framework=framework
+    )
+    if alias:
+        registry.promote(name, card.version, alias)
+    return card, model
+
+
+class SlowBackend(SklearnBackend):
+    """scikit-learn backend that sleeps before each call (a stalled remote backend)."""
+
+    delay = 2.0
+    calls: list[int] = []
+    fail = False
+
+    def score(self, X):
+        SlowBackend.calls.append(len(X))
+        time.sleep(SlowBackend.delay)
+        if SlowBackend.fail:
+            raise RuntimeError("backend unavailable")
+        return super().score(X)
+
+
+register_backend_kind("slow", SlowBackend.from_card)
+
+
+def row_point(row: np.ndarray, *, t: int, txn: str, label: int = 0, source: str = "test") -> Any:
+    p = pb.Point()
+    p.time = t
+    p.name = contract.INPUT_MEASUREMENT
+    p.database = contract.DATABASE
+    p.retentionPolicy = contract.RETENTION_POLICY
+    p.tags[contract.SOURCE_TAG] = source
+    for f, v in zip(contract.FEATURES, row):
+        p.fieldsDouble[f] = float(v)
+    p.fieldsString[contract.TXN_ID] = txn
+    p.fieldsInt[contract.LABEL] = label
+    return p
+
+
+def req(**kw: Any) -> bytes:
+    return encode_frame(pb.Request(**kw).SerializeToString())
+
+
+def init_req(options: dict[str, Any], task: str = "t", node: str = "score1") -> bytes:
+    r = pb.Request()
+    r.init.taskID = task
+    r.init.nodeID = node
+    for name, value in options.items():
+        o = r.init.options.add(name=name)
+        v = o.values.add()
+        if isinstance(value, bool):
+            v.type, v.boolValue = pb.BOOL, value
+        elif isinstance(value, int):
+            v.type, v.intValue = pb.INT, value
+        elif isinstance(value, float):
+            v.type, v.doubleValue = pb.DOUBLE, value
+        elif isinstance(value, tuple) and value[0] == "duration":
+            v.type, v.durationValue = pb.DURATION, value[1]
+        else:
+            v.type, v.stringValue = pb.STRING, str(value)
+    return encode_frame(r.SerializeToString())
+
+
+OPEN_CLIENTS: list[Client] = []
+
+
+def close_clients() -> None:
+    while OPEN_CLIENTS:
+        OPEN_CLIENTS.pop().close()
+
+
+class Client:
+    """A Kapacitor-side connection speaking raw frames (closed by ``close_clients``)."""
+
+    def __init__(self, path: Path, timeout: float = 10.0) -> None:
+        OPEN_CLIENTS.append(self)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.dec = FrameDecoder()
+        self.pending: list[Any] = []
+        self.eof = False
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        data = self.sock.recv(1 << 16)
+        if not data:
+            self.eof = True
+            return
+        self.dec.feed(data)
+        self.pending.extend(pb.Response.FromString(b) for b in self.dec.frames())
+
+    def recv(self) -> Any:
+        while not self.pending:
+            if self.eof:
+                raise EOFError("agent closed the connection")
+            self._fill()
+        return self.pending.pop(0)
+
+    def recv_kind(self, kind: str) -> Any:
+        """Next response of ``kind`` (others are kept in order for later)."""
+        while True:
+            for i, r in enumerate(self.pending):
+                if r.WhichOneof("message") == kind:
+                    return self.pending.pop(i)
+            if self.eof:
+                raise EOFError(f"agent closed the connection before a {kind} response")
+            self._fill()
+
+    def recv_points(self, n: int) -> list[Any]:
+        return [self.recv_kind("point").point for _ in range(n)]
+
+    def read_until_eof(self) -> list[Any]:
+        while not self.eof:
+            self._fill()
+        out, self.pending = self.pending, []
+        return out
+
+    def init(self, options: dict[str, Any]) -> Any:
+        self.send(init_req(options))
+        return self.recv_kind("init").init
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,93 @@
+"""``@score()`` options: InfoResponse declaration and InitRequest parsing."""
+
+from __future__ import annotations
+
+import pytest
+from agent_helpers import init_req
+
+from udf_agent.errors import OptionError
+from udf_agent.options import OPTION_SPECS, ScoreOptions, info_response, parse_init_options
+from udf_agent.protocol import messages as pb
+from udf_agent.scoring import parse_model_ref
+
+
+def _parse(options: dict) -> ScoreOptions:
+    return parse_init_options(pb.Request.FromString(init_req(options)[1:]).init.options)
+
+
+def test_defaults():
+    o = _parse({"model": "creditcard"})
+    assert o == ScoreOptions(model="creditcard")
+    assert (o.version, o.field, o.threshold, o.max_batch, o.max_delay) == (
+        "production",
+        "score",
+        None,
+        512,
+        0.005,
+    )
+
+
+def test_all_options():
+    o = _parse(
+        {
+            "model": "m",
+            "version": "3",
+            "field": "p",
+            "threshold": 0.25,
+            "challenger": "challenger",
+            "maxBatch": 64,
+            "maxDelay": ("duration", 20_000_000),
+            "backend": "tfserving",
+            "fallback": "creditcard@production",
+        }
+    )
+    assert (
+        o.version == "3" and o.field == "p" and o.threshold == 0.25 and o.challenger == "challenger"
+    )
+    assert o.max_batch == 64 and o.max_delay == pytest.approx(0.02)
+    assert o.backend == "tfserving" and o.fallback == "creditcard@production"
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(OptionError) as e:
+        _parse({"maxBatch": 0, "threshold": -1.0, "bogus": 1, "field": "is_anomaly"})
+    msg = str(e.value)
+    for part in (
+        "missing .model(name)",
+        ".maxBatch(0)",
+        ".threshold(-1.0)",
+        "unknown option .bogus()",
+        ".field('is_anomaly')",
+    ):
+        assert part in msg
+
+
+def test_types_are_exact():
+    with pytest.raises(OptionError, match=r"\.threshold\(\) takes \(DOUBLE\), got \(INT\)"):
+        _parse({"model": "m", "threshold": 1})
+    with pytest.raises(OptionError, match=r"\.version\(\) takes \(STRING\), got \(INT\)"):
+        _parse({"model": "m", "version": 3})
+
+
+def test_snapshot_json_roundtrip():
+    o = _parse({"model": "m", "maxBatch": 7})
+    assert ScoreOptions.from_json(o.to_json()) == o
+
+
+def test_info_response_lists_every_option_with_its_types():
+    info = info_response(pb.BATCH).info
+    assert info.wants == info.provides == pb.BATCH
+    assert {k: tuple(v.valueTypes) for k, v in info.options.items()} == OPTION_SPECS
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("challenger", ("m", "challenger")),
+        ("3", ("m", "3")),
+        ("other@2", ("other", "2")),
+        ("other@", ("other", "production")),
+    ],
+)
+def test_model_refs(text, expected):
+    assert parse_model_ref(text, "m") == expected

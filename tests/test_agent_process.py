@@ -1,0 +1,175 @@
+"""The agent as users run it: ``python -m udf_agent`` and ``python -m udf_agent.replay``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+from agent_helpers import Client, close_clients, register_tiny, req, row_point
+from conftest import free_port
+
+from models import contract
+from models.registry import Registry
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    yield
+    close_clients()
+
+
+@pytest.fixture
+def setup(tmp_path):
+    reg = Registry(tmp_path / "registry")
+    register_tiny(reg)
+    X = np.random.default_rng(1).normal(size=(400, len(contract.FEATURES)))
+    df = pd.DataFrame(X, columns=contract.FEATURES)
+    df["Class"] = (X[:, 0] > 1.5).astype(int)
+    df["txn_id"] = [f"t{i}" for i in range(len(df))]
+    csv = tmp_path / "test.csv"
+    df.to_csv(csv, index=False)
+    return reg, csv
+
+
+def _start_agent(tmp_path, reg, *extra):
+    sock = tmp_path / "agent.sock"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "udf_agent",
+            "--socket",
+            str(sock),
+            "--registry",
+            str(reg.root),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    deadline = time.time() + 30
+    while not sock.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            out = proc.communicate(timeout=5)[0] if proc.poll() is not None else ""
+            proc.kill()
+            pytest.fail(f"agent did not start: {out}")
+        time.sleep(0.05)
+    return proc, sock
+
+
+def test_cli_replay_reports_json_and_metrics_endpoint(tmp_path, setup):
+    reg, csv = setup
+    port = free_port()
+    proc, sock = _start_agent(
+        tmp_path, reg, "--metrics-port", str(port), "--metrics-host", "127.0.0.1"
+    )
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "udf_agent.replay",
+                "--socket",
+                str(sock),
+                "--csv",
+                str(csv),
+                "--option",
+                "model=creditcard",
+                "--option",
+                "maxBatch=64",
+                "--option",
+                "maxDelay=2ms",
+                "--n",
+                "2000",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["sent"] == report["received"] == 2000
+        assert report["violations"] == []
+        assert report["added_fields"] == ["is_anomaly", "score", "threshold"]
+        assert report["latency_ms"]["p99"] > 0
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "udf_agent_points_in_total 2000.0" in text
+        assert "udf_agent_points_out_total 2000.0" in text
+        # a bad option makes the replay driver exit non-zero with the agent's message
+        bad = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "udf_agent.replay",
+                "--socket",
+                str(sock),
+                "--csv",
+                str(csv),
+                "--option",
+                "model=missing",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert bad.returncode == 2 and "unknown model 'missing'" in bad.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def test_sigterm_flushes_buffered_points_and_removes_the_socket(tmp_path, setup):
+    reg, _ = setup
+    proc, sock = _start_agent(tmp_path, reg)
+    c = Client(sock)
+    assert c.init(
+        {"model": "creditcard", "maxBatch": 10000, "maxDelay": ("duration", 60 * 10**9)}
+    ).success
+    X = np.random.default_rng(2).normal(size=(40, len(contract.FEATURES)))
+    for i, row in enumerate(X):
+        c.send(req(point=row_point(row, t=i + 1, txn=f"t{i}")))
+    time.sleep(0.3)  # the points sit in the micro-batch (maxDelay 60 s)
+    proc.send_signal(signal.SIGTERM)
+    responses = c.read_until_eof()
+    pts = [r.point for r in responses if r.WhichOneof("message") == "point"]
+    assert [p.time for p in pts] == list(range(1, 41))
+    assert all("score" in p.fieldsDouble for p in pts)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "signal SIGTERM received" in out
+    assert not sock.exists()
+
+
+def test_agent_refuses_a_socket_in_use(tmp_path, setup):
+    reg, _ = setup
+    proc, sock = _start_agent(tmp_path, reg)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "udf_agent", "--socket", str(sock), "--registry", str(reg.root)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert "another agent is already listening" in second.stderr
+        # the first one still serves
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(sock))
+        s.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
