@@ -113,6 +113,14 @@ def close_clients() -> None:
         OPEN_CLIENTS.pop().close()
 
 
+def unframe(data: bytes) -> bytes:
+    """The body of a single length-prefixed frame."""
+    dec = FrameDecoder()
+    dec.feed(data)
+    (body,) = list(dec.frames())
+    return body
+
+
 class Client:
     """A Kapacitor-side connection speaking raw frames (closed by ``close_clients``)."""
 

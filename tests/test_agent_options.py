@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from agent_helpers import init_req
+from agent_helpers import init_req, unframe
 
 from udf_agent.errors import OptionError
 from udf_agent.options import OPTION_SPECS, ScoreOptions, info_response, parse_init_options
@@ -12,7 +12,7 @@ from udf_agent.scoring import parse_model_ref
 
 
 def _parse(options: dict) -> ScoreOptions:
-    return parse_init_options(pb.Request.FromString(init_req(options)[1:]).init.options)
+    return parse_init_options(pb.Request.FromString(unframe(init_req(options))).init.options)
 
 
 def test_defaults():

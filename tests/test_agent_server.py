@@ -21,6 +21,7 @@ from agent_helpers import (
     req,
     row_point,
     train_tiny,
+    unframe,
 )
 from prometheus_client import generate_latest
 
@@ -570,7 +571,7 @@ def test_points_before_init_are_passed_on(server):
 def test_init_request_helper_types():
     # guard the helper itself: option types go out as Kapacitor would type them
     r = pb.Request.FromString(
-        init_req({"a": "s", "b": 1, "c": 1.5, "d": True, "e": ("duration", 5)})[1:]
+        unframe(init_req({"a": "s", "b": 1, "c": 1.5, "d": True, "e": ("duration", 5)}))
     )
     assert [v.values[0].type for v in r.init.options] == [
         pb.STRING,
