@@ -117,6 +117,16 @@ def render_example() -> str:
     return render(values, header=EXAMPLE_HEADER)
 
 
+def read_values(path: Path) -> dict[str, str]:
+    """The KEY=value pairs of an env file (comments and blank lines skipped)."""
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
 def write_env(path: Path, *, force: bool = False) -> dict[str, str]:
     if path.exists() and not force:
         raise FileExistsError(
