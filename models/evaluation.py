@@ -111,7 +111,8 @@ def choose_threshold(
         p, r = precision[:-1], recall[:-1]
         with np.errstate(invalid="ignore", divide="ignore"):
             f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
-        i = int(np.argmax(f1))
+        # thresholds ascend: on a tie take the highest one (fewer alerts, same F1)
+        i = int(np.flatnonzero(f1 >= f1.max() - 1e-12)[-1])
         return ThresholdChoice(float(thresholds[i]), "f1", float(f1[i]))
     if strategy == "cost":
         if amounts is None:

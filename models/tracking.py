@@ -1,0 +1,82 @@
+"""Optional MLflow experiment tracking (extra ``mlflow``), imported only when enabled.
+
+Enabled by ``train --mlflow`` or by the ``MLFLOW_TRACKING_URI`` environment variable.
+Without a URI, runs go to a local file store under ``runs/mlruns``. One MLflow run per
+training job: configuration and best parameters, validation/test metrics of every
+candidate, the report folder (plots, tables) and the best model, registered in MLflow's
+model registry under the same name.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ModelsError
+
+if TYPE_CHECKING:
+    from .train import TrainResult
+
+__all__ = ["default_tracking_uri", "log_training_run"]
+
+log = logging.getLogger("models.tracking")
+
+
+def default_tracking_uri(runs_dir: str | os.PathLike[str] = "runs") -> str:
+    """``$MLFLOW_TRACKING_URI`` or a file store at ``<runs_dir>/mlruns``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or (Path(runs_dir).resolve() / "mlruns").as_uri()
+
+
+def log_training_run(result: TrainResult, *, tracking_uri: str | None = None) -> str:
+    """Log a finished training job; returns the MLflow run id."""
+    try:
+        import mlflow
+        import mlflow.sklearn
+    except ImportError as exc:
+        raise ModelsError(
+            "MLflow tracking was requested but mlflow is not installed; "
+            "install the extra: pip install 'tick-anomaly[mlflow]'"
+        ) from exc
+
+    config = result.config
+    uri = tracking_uri or default_tracking_uri(config.runs_dir)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(config.name)
+    best = result.best
+    with mlflow.start_run(run_name=result.run_dir.name) as run:
+        params: dict[str, Any] = {
+            "candidates": ",".join(r.name for r in result.results),
+            "best_candidate": best.name,
+            "trials": config.trials,
+            "cv": config.cv,
+            "seed": config.seed,
+            "threshold_strategy": config.threshold_strategy,
+            "review_cost": config.review_cost,
+            "split": "time" if config.time_split else "stratified",
+            "train_rows": result.splits_summary["train"]["rows"],
+            "threshold": best.threshold,
+        }
+        params |= {f"best.{k}": v for k, v in best.params.items()}
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        metrics: dict[str, float] = {}
+        for r in result.results:
+            for part, values in (("val", r.validation), ("test", r.test)):
+                for k in ("auprc", "roc_auc", "precision", "recall", "f1", "expected_cost"):
+                    v = values.get(k)
+                    if isinstance(v, (int, float)) and math.isfinite(v):
+                        metrics[f"{r.name}.{part}_{k}"] = float(v)
+        for k, v in best.test.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                metrics[f"test_{k}"] = float(v)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(result.run_dir), artifact_path="reports")
+        registered = None
+        if result.card is not None:
+            mlflow.set_tags({"registry.version": result.card.version, "model": config.name})
+            registered = config.name
+        mlflow.sklearn.log_model(best.estimator, name="model", registered_model_name=registered)
+        log.info("mlflow run=%s uri=%s registered=%s", run.info.run_id, uri, registered)
+        return run.info.run_id

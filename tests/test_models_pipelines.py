@@ -1,0 +1,152 @@
+"""Pipelines, resampling without leakage, tuning and ensembles."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from imblearn.over_sampling import SMOTE
+from sklearn.model_selection import StratifiedKFold
+
+from models.data import X_y, make_synthetic, split_stratified
+from models.errors import TrainingError
+from models.pipelines import (
+    CANDIDATES,
+    FULL_CANDIDATES,
+    RESAMPLERS,
+    Candidate,
+    build_pipeline,
+    fit_estimator,
+    get_candidate,
+)
+from models.tuning import cross_val_ap, tune
+
+
+class RecordingSMOTE(SMOTE):
+    """SMOTE that remembers every batch it was asked to resample."""
+
+    seen: list[np.ndarray] = []
+
+    def _fit_resample(self, X, y, **params):
+        type(self).seen.append(np.array(X, copy=True))
+        return super()._fit_resample(X, y, **params)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return split_stratified(make_synthetic(12_000, seed=5), seed=1)
+
+
+def _rows(a: np.ndarray) -> set[bytes]:
+    return {r.tobytes() for r in np.ascontiguousarray(a)}
+
+
+def test_resampler_sees_only_training_folds(splits):
+    X, y = X_y(splits.train)
+    RecordingSMOTE.seen = []
+    cand = Candidate(
+        "spy",
+        "recording",
+        lambda p, s: build_pipeline(
+            "lr", RecordingSMOTE(sampling_strategy=0.2, random_state=s), scale=False, seed=s
+        ),
+    )
+    cross_val_ap(cand, {}, X, y, cv=3, seed=7)
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=7).split(X, y))
+    assert len(RecordingSMOTE.seen) == 3
+    for seen, (tr, te) in zip(RecordingSMOTE.seen, folds, strict=True):
+        assert _rows(seen) == _rows(X[tr])  # exactly the training fold...
+        assert not _rows(seen) & _rows(X[te])  # ...and nothing of the held-out fold
+
+
+def test_predict_never_resamples_validation_or_test(splits):
+    X, y = X_y(splits.train)
+    RecordingSMOTE.seen = []
+    pipe = build_pipeline("lr", RecordingSMOTE(sampling_strategy=0.2, random_state=0), seed=0)
+    fit_estimator(pipe, X, y)
+    resampled_len = len(RecordingSMOTE.seen[0])
+    assert resampled_len == len(X)  # the sampler got the (scaled) training rows only
+    for part in (splits.validation, splits.test):
+        Xp, yp = X_y(part)
+        before = np.bincount(yp, minlength=2).tolist()
+        proba = pipe.predict_proba(Xp)
+        assert proba.shape == (len(Xp), 2)
+        assert np.bincount(X_y(part)[1], minlength=2).tolist() == before
+    assert len(RecordingSMOTE.seen) == 1  # predict_proba did not call the sampler
+
+
+@pytest.mark.parametrize("kind", RESAMPLERS)
+def test_every_resampler_runs_in_a_pipeline(kind, splits):
+    X, y = X_y(splits.train.iloc[:4000])
+    pipe = fit_estimator(build_pipeline("lr", kind, seed=0, ratio=0.1), X, y)
+    Xv, _ = X_y(splits.validation)
+    assert pipe.predict_proba(Xv).shape == (len(Xv), 2)
+
+
+def test_fitting_is_deterministic_by_seed(splits):
+    X, y = X_y(splits.train)
+    Xv, _ = X_y(splits.validation)
+    a = fit_estimator(get_candidate("rf_under").make({"n_estimators": 30}, seed=3), X, y)
+    b = fit_estimator(get_candidate("rf_under").make({"n_estimators": 30}, seed=3), X, y)
+    # equal up to the summation order of parallel tree averaging
+    np.testing.assert_allclose(a.predict_proba(Xv), b.predict_proba(Xv), rtol=0, atol=1e-12)
+
+
+def test_tune_reports_progress_and_is_reproducible(splits):
+    X, y = X_y(splits.train)
+    runs = []
+    for _ in range(2):
+        out = io.StringIO()
+        res = tune(get_candidate("lr_smote"), X, y, n_trials=3, cv=3, seed=11, progress=out)
+        runs.append(res)
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 3
+        assert lines[0].startswith("tune candidate=lr_smote trial=1/3 state=COMPLETE cv_ap=")
+    assert runs[0].best_params == runs[1].best_params
+    assert runs[0].best_score == pytest.approx(runs[1].best_score)
+    assert runs[0].n_complete == 3
+    assert set(runs[0].best_params) == {"C", "ratio", "k_neighbors"}
+    assert 0 < runs[0].best_score <= 1
+    # the best score is the best completed trial's
+    assert runs[0].best_score == max(t["cv_ap"] for t in runs[0].trials)
+
+
+def test_tune_without_space_keeps_defaults(splits):
+    X, y = X_y(splits.train)
+    out = io.StringIO()
+    res = tune(get_candidate("voting"), X, y, n_trials=0, progress=out)
+    assert res.best_params == {} and np.isnan(res.best_score) and out.getvalue() == ""
+
+
+@pytest.mark.parametrize("name", ["bagging", "boosting", "stacking", "voting", "mlp_smote", "hgb"])
+def test_ensembles_and_models_fit_and_rank(name, splits):
+    X, y = X_y(splits.train)
+    Xt, yt = X_y(splits.test)
+    est = fit_estimator(get_candidate(name).make({}, seed=0), X, y, name=name)
+    s = est.predict_proba(Xt)[:, 1]
+    assert s.shape == (len(Xt),) and np.all((s >= 0) & (s <= 1))
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(yt, s) > 0.75  # learns real signal, far above chance
+
+
+def test_stacking_uses_out_of_fold_predictions():
+    est = get_candidate("stacking").make({}, seed=0)
+    assert isinstance(est.cv, StratifiedKFold) and est.cv.n_splits == 3
+    assert est.stack_method == "predict_proba"
+
+
+def test_small_minority_caps_smote_neighbours():
+    df = make_synthetic(3000, seed=1)  # 5 fraud rows
+    X, y = X_y(df)
+    pipe = fit_estimator(build_pipeline("lr", "smote", k_neighbors=5), X, y)
+    assert pipe.named_steps["resample"].k_neighbors < 5
+
+
+def test_catalogue():
+    assert set(FULL_CANDIDATES) <= set(CANDIDATES)
+    with pytest.raises(TrainingError, match="unknown candidate 'svm'"):
+        get_candidate("svm")
+    with pytest.raises(TrainingError, match="unknown resampler"):
+        build_pipeline("lr", "nearmiss")
