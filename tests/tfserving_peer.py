@@ -65,6 +65,7 @@ class TFServingPeer(prediction_service_pb2_grpc.PredictionServiceServicer):
         serving_dir: Path,
         *,
         labels: dict[str, dict[str, int]] | None = None,
+        port: int = 0,
         max_workers: int = 8,
     ) -> None:
         self.serving_dir = Path(serving_dir)
@@ -77,7 +78,8 @@ class TFServingPeer(prediction_service_pb2_grpc.PredictionServiceServicer):
             }
             if versions:
                 self.models[model_dir.name] = versions
-        self.labels = labels or {}
+        self._initial_labels = dict(labels or {})
+        self.labels = dict(self._initial_labels)
         self.stall = 0.0
         self.fail_code: grpc.StatusCode | None = None
         self.predict_requests = 0
@@ -87,9 +89,10 @@ class TFServingPeer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._released = threading.Event()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
         self.target = f"127.0.0.1:{self.port}"
         self._rest: ThreadingHTTPServer | None = None
+        self.rest_url: str | None = None
         self._rest_thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -110,6 +113,7 @@ class TFServingPeer(prediction_service_pb2_grpc.PredictionServiceServicer):
         with self._lock:
             self.stall = 0.0
             self.fail_code = None
+            self.labels = dict(self._initial_labels)
             self.predict_requests = self.metadata_requests = self.rows = 0
 
     def start_rest(self) -> str:
@@ -124,7 +128,8 @@ class TFServingPeer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._rest.daemon_threads = True
         self._rest_thread = threading.Thread(target=self._rest.serve_forever, daemon=True)
         self._rest_thread.start()
-        return f"http://127.0.0.1:{self._rest.server_address[1]}"
+        self.rest_url = f"http://127.0.0.1:{self._rest.server_address[1]}"
+        return self.rest_url
 
     # -- model resolution, as TF Serving does it ------------------------------------
     def resolve(self, name: str, version: int | None, label: str | None) -> tuple[int, ServedModel]:

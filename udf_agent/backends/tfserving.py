@@ -238,7 +238,11 @@ class GrpcTransport:
     name = "grpc"
 
     def __init__(
-        self, target: str, *, channel_options: list[tuple[str, Any]] | None = None
+        self,
+        target: str,
+        *,
+        reconnect_backoff: float = 5.0,
+        channel_options: list[tuple[str, Any]] | None = None,
     ) -> None:
         import grpc
 
@@ -247,12 +251,18 @@ class GrpcTransport:
         self._grpc = grpc
         self._m = m
         self.target = target
+        backoff_ms = int(reconnect_backoff * 1000)
         self._channel = grpc.insecure_channel(
             target,
             options=channel_options
             or [
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                # gRPC's reconnect backoff grows to 120 s by default; while it waits every
+                # call fails at once, so a server back up would stay unused long after the
+                # breaker's probe. Cap it at the breaker's cool-down.
+                ("grpc.initial_reconnect_backoff_ms", max(50, min(1000, backoff_ms))),
+                ("grpc.max_reconnect_backoff_ms", max(100, backoff_ms)),
             ],
         )
         self._predict = self._channel.unary_unary(
@@ -278,9 +288,9 @@ class GrpcTransport:
         if with_signature:
             msg.signature_name = spec.signature_name
 
-    def _call(self, fn, request, timeout: float):
+    def _call(self, fn, request, timeout: float, *, wait_for_ready: bool = False):
         try:
-            return fn(request, timeout=timeout)
+            return fn(request, timeout=timeout, wait_for_ready=wait_for_ready)
         except self._grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") and exc.code() else "UNKNOWN"
             details = exc.details() if hasattr(exc, "details") else str(exc)
@@ -291,7 +301,8 @@ class GrpcTransport:
         req = m.GetModelMetadataRequest()
         self._spec(req.model_spec, spec, with_signature=False)
         req.metadata_field.append("signature_def")
-        resp = self._call(self._metadata, req, timeout)
+        # Wait for the connection within the deadline: the server may be starting up.
+        resp = self._call(self._metadata, req, timeout, wait_for_ready=True)
         anyv = resp.metadata.get("signature_def")
         if anyv is None or not anyv.type_url.endswith("tensorflow.serving.SignatureDefMap"):
             raise BackendError(f"GetModelMetadata for {spec.describe} returned no signature_def")
@@ -447,7 +458,9 @@ class TFServingBackend(ScoringBackend):
             transport = (
                 RestTransport(self.config.rest_url)  # type: ignore[arg-type]
                 if self.config.transport == "rest"
-                else GrpcTransport(self.config.target)
+                else GrpcTransport(
+                    self.config.target, reconnect_backoff=self.config.breaker_cooldown
+                )
             )
         self.transport = transport
         self.breaker = CircuitBreaker(
