@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .config import SinkConfig
 from .errors import PayloadError, SpoolError
@@ -156,7 +156,7 @@ def post_alert():
     sink = _sink()
     if sink.draining:
         return _error(503, "shutting down; retry")
-    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    body = _read_body(sink.config.max_body_bytes)
     task = request.args.get("task")
     try:
         docs = parse_alert(body, task=task)
@@ -173,6 +173,24 @@ def post_alert():
         return _error(503, "alert could not be stored; retry")
     sink.metrics.alerts_received.inc()
     return jsonify({"accepted": len(docs), "ids": [d.doc_id for d in docs]}), 202
+
+
+def _read_body(limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes; 413 beyond, also for chunked uploads
+    that carry no Content-Length."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+    chunks, size = [], 0
+    stream = request.stream
+    while True:
+        chunk = stream.read(min(65536, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise RequestEntityTooLarge()
+    return b"".join(chunks)
 
 
 alerts_bp = Blueprint("alerts", __name__)
