@@ -314,8 +314,24 @@ def test_kapacitor_conf_sockets_match_the_agent(services):
     assert functions["score"]["socket"] == f"{SOCKET_DIR}/udf.sock"
     if "score_batch" in functions:
         assert functions["score_batch"]["socket"] == f"{SOCKET_DIR}/udf-batch.sock"
-    mounted = set(_mounts(services["kapacitor"]))
-    assert "/etc/kapacitor/kapacitor.conf" in mounted
+    kapacitor = services["kapacitor"]
+    mounts = _mounts(kapacitor)
+    assert mounts["/etc/kapacitor/kapacitor.conf"] == "./kapacitor/kapacitor.conf"
+    env = kapacitor["environment"]
+    assert env["KAPACITOR_CONF_TEMPLATE"] == "/etc/kapacitor/kapacitor.conf"
+    assert mounts[env["KAPACITOR_LOAD_SRC"]] == "../tickscripts"
+    assert data["load"]["dir"] == env["KAPACITOR_LOAD_DIR"]
+    entrypoint = COMPOSE_DIR / "kapacitor" / "entrypoint.sh"
+    if entrypoint.exists():
+        assert mounts[kapacitor["entrypoint"][-1]] == "./kapacitor/entrypoint.sh"
+        # the entrypoint waits for the same sockets the agent creates
+        text = entrypoint.read_text(encoding="utf-8")
+        assert f"{SOCKET_DIR}/udf.sock" in text and f"{SOCKET_DIR}/udf-batch.sock" in text
+    # the alert sink token reaches Kapacitor's httppost header, never as a literal
+    (post,) = [p for p in data["httppost"] if p["endpoint"] == "alert-sink"]
+    assert post["url"] == "http://alert-sink:9000/kapacitor"
+    assert "@ALERT_SINK_TOKEN@" in post["headers"]["Authorization"]
+    assert env["ALERT_SINK_TOKEN"] == "${ALERT_SINK_TOKEN:?run make env}"
 
 
 def test_model_volumes_are_shared(services):
@@ -506,8 +522,9 @@ def _quality_fields() -> set[str]:
     fields = set(gen_dashboards.QUALITY_FIELDS)
     tickscripts = ROOT / "tickscripts"
     if tickscripts.is_dir():
-        text = "".join(p.read_text(encoding="utf-8") for p in tickscripts.glob("*.tick"))
-        fields |= set(re.findall(r"\.as\('([A-Za-z_]+)'\)", text))
+        text = "".join(p.read_text(encoding="utf-8") for p in tickscripts.rglob("*.tick"))
+        for names in re.findall(r"\.as\(([^)]*)\)", text):
+            fields |= set(re.findall(r"'([A-Za-z_]+)'", names))
     return fields
 
 
