@@ -105,6 +105,7 @@ def config_from_args(
         es_compat_version=args.es_compat_version,
         max_body_bytes=args.max_body_bytes,
         batch_size=args.batch_size,
+        backoff_initial=min(0.5, args.backoff_max),
         backoff_max=args.backoff_max,
         synchronous=args.synchronous,
     )
