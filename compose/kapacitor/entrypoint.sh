@@ -15,7 +15,8 @@ set -eu
 : "${KAPACITOR_LOAD_SRC:=/etc/kapacitor/load-src}"
 # Kapacitor itself reads KAPACITOR_LOAD_DIR as an override of [load] dir.
 : "${KAPACITOR_LOAD_DIR:=/etc/kapacitor/load}"
-: "${UDF_SOCKETS:=/var/run/tick-anomaly/udf.sock /var/run/tick-anomaly/udf-batch.sock}"
+# set UDF_SOCKETS="" to skip the wait
+UDF_SOCKETS="${UDF_SOCKETS-/var/run/tick-anomaly/udf.sock /var/run/tick-anomaly/udf-batch.sock}"
 : "${UDF_WAIT_SECONDS:=120}"
 export KAPACITOR_LOAD_DIR
 

@@ -1,0 +1,759 @@
+"""Static checks of the TICKscripts, their task vars files and kapacitor.conf.
+
+Kapacitor cannot run here, so this file carries a small tokenizer/parser for the subset of
+TICKscript the project uses (typed ``var`` declarations, ``dbrp``, chains of ``|`` ``@``
+``.`` calls with literal, var and lambda arguments) and checks the scripts against what
+they talk to: the UDF agent's declared options (exact types, as Kapacitor checks them),
+the data contract's measurement/field/tag names, the UDFs configured in kapacitor.conf
+and the agent's documented socket path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from models import contract
+from udf_agent.options import OPTION_SPECS, parse_init_options
+from udf_agent.protocol import messages as pb
+
+ROOT = Path(__file__).resolve().parents[1]
+TICK_DIR = ROOT / "tickscripts"
+CONF = ROOT / "compose" / "kapacitor" / "kapacitor.conf"
+ENTRYPOINT = ROOT / "compose" / "kapacitor" / "entrypoint.sh"
+TOKEN_PLACEHOLDER = "@ALERT_SINK_TOKEN@"
+
+# from SHARED_NAMES.md: the agent's sockets on the `udf-socket` volume
+UDF_SOCKETS = {
+    "score": "/var/run/tick-anomaly/udf.sock",
+    "score_batch": "/var/run/tick-anomaly/udf-batch.sock",
+}
+
+# -- tokenizer --------------------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(
+    r"""
+    (?P<ws>[ \t\r\n]+)
+  | (?P<comment>//[^\n]*)
+  | (?P<string>'(?:[^'\\]|\\.)*')
+  | (?P<ref>"(?:[^"\\]|\\.)*")
+  | (?P<duration>\d+(?:\.\d+)?(?:ms|us|u|µ|ns|s|m|h|d|w)(?![A-Za-z0-9_]))
+  | (?P<float>\d+\.\d+(?:[eE][-+]?\d+)?)
+  | (?P<int>\d+)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op>==|!=|<=|>=|=~|!~|[|@.(),=<>+\-*/!:\[\]])
+    """,
+    re.VERBOSE,
+)
+KEYWORDS = {"var", "dbrp", "lambda", "TRUE", "FALSE", "AND", "OR"}
+
+
+@dataclass
+class Tok:
+    kind: str
+    text: str
+    line: int
+
+    @property
+    def value(self):
+        if self.kind in ("string", "ref"):
+            return self.text[1:-1].replace("\\'", "'").replace('\\"', '"')
+        if self.kind == "int":
+            return int(self.text)
+        if self.kind == "float":
+            return float(self.text)
+        return self.text
+
+
+class TickSyntaxError(ValueError):
+    pass
+
+
+def tokenize(src: str) -> list[Tok]:
+    toks: list[Tok] = []
+    pos, line = 0, 1
+    while pos < len(src):
+        m = _TOKEN_RE.match(src, pos)
+        if not m:
+            raise TickSyntaxError(f"line {line}: unexpected character {src[pos]!r}")
+        kind = m.lastgroup
+        text = m.group()
+        if kind not in ("ws", "comment"):
+            if kind == "ident" and text in KEYWORDS:
+                kind = text
+            toks.append(Tok(kind, text, line))
+        line += text.count("\n")
+        pos = m.end()
+    return toks
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Arg:
+    kind: str  # string | int | float | duration | bool | var | lambda | star | ref
+    value: object
+    line: int
+    refs: list[str] = field(default_factory=list)  # "field" references inside a lambda
+    funcs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Call:
+    op: str  # '|' node, '@' UDF node, '.' property
+    name: str
+    args: list[Arg]
+    line: int
+
+
+@dataclass
+class VarDecl:
+    name: str
+    type: str  # declared or inferred: string, int, float, duration, bool, lambda, chain
+    default: object = None
+    required: bool = False
+    source: str | None = None  # for chains: the var or `stream` they start from
+
+
+@dataclass
+class Script:
+    dbrps: list[tuple[str, str]] = field(default_factory=list)
+    vars: dict[str, VarDecl] = field(default_factory=dict)
+    chains: list[tuple[str, list[Call]]] = field(default_factory=list)  # (start, calls)
+
+    def calls(self, op: str | None = None, name: str | None = None) -> list[Call]:
+        return [
+            c
+            for _, chain in self.chains
+            for c in chain
+            if (op is None or c.op == op) and (name is None or c.name == name)
+        ]
+
+    def nodes(self) -> list[tuple[Call, list[Call]]]:
+        """Each chaining node (`|` or `@`) with its property calls."""
+        out: list[tuple[Call, list[Call]]] = []
+        for _, chain in self.chains:
+            for c in chain:
+                if c.op in "|@":
+                    out.append((c, []))
+                elif out:
+                    out[-1][1].append(c)
+        return out
+
+
+TYPE_NAMES = {"string", "int", "float", "bool", "duration", "lambda", "regex", "list", "star"}
+LITERAL_KINDS = {"string", "int", "float", "duration", "TRUE", "FALSE"}
+
+
+class Parser:
+    def __init__(self, src: str) -> None:
+        self.toks = tokenize(src)
+        self.i = 0
+        self.script = Script()
+
+    def peek(self, k: int = 0) -> Tok | None:
+        j = self.i + k
+        return self.toks[j] if j < len(self.toks) else None
+
+    def next(self) -> Tok:
+        tok = self.peek()
+        if tok is None:
+            raise TickSyntaxError("unexpected end of script")
+        self.i += 1
+        return tok
+
+    def expect(self, kind: str, text: str | None = None) -> Tok:
+        tok = self.next()
+        if tok.kind != kind or (text is not None and tok.text != text):
+            raise TickSyntaxError(f"line {tok.line}: expected {text or kind}, got {tok.text!r}")
+        return tok
+
+    def parse(self) -> Script:
+        while self.peek() is not None:
+            tok = self.peek()
+            if tok.kind == "var":
+                self.parse_var()
+            elif tok.kind == "dbrp":
+                self.next()
+                db = self.expect("ref").value
+                self.expect("op", ".")
+                rp = self.expect("ref").value
+                self.script.dbrps.append((db, rp))
+            elif tok.kind == "ident":
+                start = self.next().text
+                self.script.chains.append((start, self.parse_chain()))
+            else:
+                raise TickSyntaxError(f"line {tok.line}: unexpected {tok.text!r}")
+        return self.script
+
+    def parse_var(self) -> None:
+        self.expect("var")
+        name_tok = self.expect("ident")
+        name = name_tok.text
+        if name in self.script.vars:
+            raise TickSyntaxError(f"line {name_tok.line}: var {name} declared twice")
+        tok = self.next()
+        if tok.kind == "ident" and tok.text in TYPE_NAMES:
+            self.script.vars[name] = VarDecl(name, tok.text, required=True)
+            return
+        if tok.kind != "op" or tok.text != "=":
+            raise TickSyntaxError(f"line {tok.line}: var {name}: expected a type or '='")
+        first = self.peek()
+        if first.kind in LITERAL_KINDS:
+            lit = self.parse_arg()
+            self.script.vars[name] = VarDecl(name, lit.kind, default=lit.value)
+            if self.peek() is not None and self.peek().kind == "op" and self.peek().text in "|@":
+                raise TickSyntaxError(f"line {first.line}: a literal cannot start a chain")
+        elif first.kind == "lambda":
+            lam = self.parse_arg()
+            self.script.vars[name] = VarDecl(name, "lambda", default=lam)
+        else:
+            start = self.expect("ident").text
+            if start not in ("stream", "batch") and start not in self.script.vars:
+                raise TickSyntaxError(f"line {first.line}: {start!r} is not declared")
+            chain = self.parse_chain()
+            self.script.vars[name] = VarDecl(name, "chain", source=start)
+            self.script.chains.append((start, chain))
+
+    def parse_chain(self) -> list[Call]:
+        calls: list[Call] = []
+        while (tok := self.peek()) is not None and tok.kind == "op" and tok.text in "|@.":
+            self.next()
+            name = self.expect("ident")
+            self.expect("op", "(")
+            args: list[Arg] = []
+            if not (self.peek().kind == "op" and self.peek().text == ")"):
+                while True:
+                    args.append(self.parse_arg())
+                    sep = self.next()
+                    if sep.text == ")":
+                        break
+                    if sep.text != ",":
+                        raise TickSyntaxError(f"line {sep.line}: expected ',' or ')'")
+            else:
+                self.next()
+            if tok.text == "." and not calls:
+                raise TickSyntaxError(f"line {tok.line}: property .{name.text}() without a node")
+            calls.append(Call(tok.text, name.text, args, tok.line))
+        if not calls:
+            tok = self.peek()
+            raise TickSyntaxError(f"line {tok.line if tok else '?'}: expected a chain")
+        return calls
+
+    def parse_arg(self) -> Arg:
+        tok = self.next()
+        if tok.kind in ("string", "int", "float", "duration"):
+            return Arg(tok.kind, tok.value, tok.line)
+        if tok.kind in ("TRUE", "FALSE"):
+            return Arg("bool", tok.kind == "TRUE", tok.line)
+        if tok.kind == "op" and tok.text == "-" and self.peek().kind in ("int", "float"):
+            num = self.next()
+            return Arg(num.kind, -num.value, tok.line)
+        if tok.kind == "op" and tok.text == "*":
+            return Arg("star", "*", tok.line)
+        if tok.kind == "ref":
+            # Kapacitor: double quotes are field/tag references, only meaningful in lambdas
+            raise TickSyntaxError(
+                f"line {tok.line}: {tok.text} is a field reference; string literals take "
+                "single quotes"
+            )
+        if tok.kind == "ident":
+            if tok.text not in self.script.vars:
+                raise TickSyntaxError(f"line {tok.line}: {tok.text!r} is not declared")
+            return Arg("var", tok.text, tok.line)
+        if tok.kind == "lambda":
+            self.expect("op", ":")
+            return self.parse_lambda(tok.line)
+        raise TickSyntaxError(f"line {tok.line}: unexpected argument {tok.text!r}")
+
+    def parse_lambda(self, line: int) -> Arg:
+        depth = 0
+        body: list[Tok] = []
+        while True:
+            tok = self.peek()
+            if tok is None:
+                raise TickSyntaxError(f"line {line}: unterminated lambda")
+            if tok.kind == "op" and tok.text == "(":
+                depth += 1
+            elif tok.kind == "op" and tok.text == ")":
+                if depth == 0:
+                    break
+                depth -= 1
+            elif tok.kind == "op" and tok.text == "," and depth == 0:
+                break
+            body.append(self.next())
+        if not body:
+            raise TickSyntaxError(f"line {line}: empty lambda")
+        refs = [t.value for t in body if t.kind == "ref"]
+        funcs = [
+            t.text for k, t in enumerate(body[:-1]) if t.kind == "ident" and body[k + 1].text == "("
+        ]
+        for t in body:
+            if t.kind == "ident" and t.text not in self.script.vars and t.text not in funcs:
+                raise TickSyntaxError(f"line {t.line}: lambda uses undeclared {t.text!r}")
+        return Arg("lambda", " ".join(t.text for t in body), line, refs=refs, funcs=funcs)
+
+
+def parse(src: str) -> Script:
+    return Parser(src).parse()
+
+
+# -- the checker ------------------------------------------------------------------------------
+
+PB_TYPE = {"string": pb.STRING, "int": pb.INT, "float": pb.DOUBLE, "duration": pb.DURATION}
+PB_TYPE["bool"] = pb.BOOL
+TYPE_OF_PB = {v: k for k, v in PB_TYPE.items()}
+
+MEASUREMENTS = {
+    contract.INPUT_MEASUREMENT: {
+        "fields": set(contract.INPUT_FIELDS),
+        "tags": {contract.SOURCE_TAG},
+    },
+    contract.SCORED_MEASUREMENT: {
+        "fields": set(contract.INPUT_FIELDS) | set(contract.OUTPUT_FIELDS),
+        "tags": {contract.SOURCE_TAG, *contract.OUTPUT_TAGS},
+    },
+}
+WRITABLE = {contract.SCORED_MEASUREMENT, contract.MODEL_QUALITY_MEASUREMENT}
+TEMPLATE_NAME_RE = re.compile(r'index \.(Fields|Tags) "([^"]+)"')
+LAMBDA_FUNCS = {"if", "float", "int", "max", "min", "abs", "isPresent", "string", "bool"}
+
+
+def udf_names(conf: dict) -> set[str]:
+    return set(conf.get("udf", {}).get("functions", {}))
+
+
+def arg_type(arg: Arg, script: Script) -> str:
+    if arg.kind == "var":
+        return script.vars[arg.value].type
+    return arg.kind
+
+
+def check_script(script: Script, *, udfs: set[str]) -> list[str]:
+    """Every problem found, as readable sentences (empty list = fine)."""
+    problems: list[str] = []
+    if script.dbrps != [(contract.DATABASE, contract.RETENTION_POLICY)]:
+        problems.append(f'expected exactly dbrp "fraud"."autogen", got {script.dbrps}')
+    starts = {s for s, _ in script.chains} - set(script.vars)
+    if not starts <= {"stream", "batch"}:
+        problems.append(f"chains start from undeclared {sorted(starts)}")
+
+    source_meas: str | None = None
+    produced: set[str] = set()
+    join_aliases: set[str] = set()
+    for node, props in script.nodes():
+        pmap = {p.name: p for p in props}
+        if node.op == "@":
+            if node.name not in udfs:
+                problems.append(f"line {node.line}: @{node.name}() is not a UDF in kapacitor.conf")
+                continue
+            for p in props:
+                spec = OPTION_SPECS.get(p.name)
+                if spec is None:
+                    problems.append(f"line {p.line}: @{node.name}() has no option .{p.name}()")
+                    continue
+                got = [arg_type(a, script) for a in p.args]
+                want = [TYPE_OF_PB[t] for t in spec]
+                if got != want:
+                    problems.append(
+                        f"line {p.line}: .{p.name}() takes ({', '.join(want)}), "
+                        f"got ({', '.join(got)})"
+                    )
+        elif node.name == "from":
+            m = pmap.get("measurement")
+            if m is None or m.args[0].kind != "string":
+                problems.append(f"line {node.line}: from() needs .measurement('name')")
+                continue
+            source_meas = m.args[0].value
+            if source_meas not in MEASUREMENTS:
+                problems.append(f"line {m.line}: unknown measurement {source_meas!r}")
+            if "groupBy" in pmap:
+                tags = MEASUREMENTS.get(source_meas, {}).get("tags", set())
+                for a in pmap["groupBy"].args:
+                    if a.kind != "string" or a.value not in tags:
+                        problems.append(f"line {a.line}: groupBy({a.value!r}) is not a tag")
+        elif node.name == "influxDBOut":
+            db = pmap.get("database")
+            rp = pmap.get("retentionPolicy")
+            meas = pmap.get("measurement")
+            if not db or db.args[0].value != contract.DATABASE:
+                problems.append(f"line {node.line}: influxDBOut() must write database 'fraud'")
+            if not rp or rp.args[0].value != contract.RETENTION_POLICY:
+                problems.append(f"line {node.line}: influxDBOut() must set retentionPolicy")
+            if not meas or meas.args[0].value not in WRITABLE:
+                problems.append(f"line {node.line}: influxDBOut() writes an unknown measurement")
+        elif node.name == "join" and "as" in pmap:
+            join_aliases |= {a.value for a in pmap["as"].args}
+        if "as" in pmap and node.name in ("eval", "sum", "count"):
+            produced |= {a.value for a in pmap["as"].args}
+
+    known = MEASUREMENTS.get(source_meas or "", {"fields": set(), "tags": set()})
+    names = known["fields"] | known["tags"]
+    for node, props in script.nodes():
+        for c in [node, *props]:
+            for a in c.args:
+                for ref in a.refs:
+                    prefix, _, rest = ref.partition(".")
+                    ok = ref in names or ref in produced or (rest and prefix in join_aliases)
+                    if not ok:
+                        problems.append(f'line {a.line}: lambda references unknown "{ref}"')
+                for f in a.funcs:
+                    if f not in LAMBDA_FUNCS:
+                        problems.append(f"line {a.line}: unknown lambda function {f}()")
+                if a.kind == "string":
+                    for kind, name in TEMPLATE_NAME_RE.findall(str(a.value)):
+                        pool = known["fields"] if kind == "Fields" else known["tags"]
+                        if name not in pool:
+                            problems.append(f"line {a.line}: template names unknown {kind} {name}")
+    return problems
+
+
+def check_vars_file(data: dict, template: Script) -> list[str]:
+    problems: list[str] = []
+    given = data.get("vars", {})
+    for name, decl in template.vars.items():
+        if decl.type == "chain":
+            continue
+        if decl.required and name not in given:
+            problems.append(f"var {name} ({decl.type}) has no default and is not set")
+    for name, var in given.items():
+        decl = template.vars.get(name)
+        if decl is None or decl.type == "chain":
+            problems.append(f"var {name} is not a var of the template")
+            continue
+        if var.get("type") != decl.type:
+            problems.append(f"var {name}: type {var.get('type')!r}, template says {decl.type!r}")
+        value = var.get("value")
+        ok = {
+            "string": isinstance(value, str),
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+            "duration": isinstance(value, str) and parse_duration(value) is not None,
+        }.get(decl.type, True)
+        if not ok:
+            problems.append(f"var {name}: value {value!r} is not a valid {decl.type}")
+    if "dbrps" in data and template.dbrps:
+        problems.append("dbrps given both in the template (dbrp statement) and the vars file")
+    return problems
+
+
+_DUR = {"ns": 1, "u": 1e3, "us": 1e3, "µ": 1e3, "ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9}
+_DUR |= {"d": 86400e9, "w": 604800e9}
+
+
+def parse_duration(text: str) -> int | None:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|us|u|µ|ms|s|m|h|d|w)", text)
+    return int(float(m.group(1)) * _DUR[m.group(2)]) if m else None
+
+
+def resolved_udf_options(script: Script, values: dict) -> list:
+    """The InitRequest options Kapacitor would send for the script's @score() node."""
+    options = []
+    for node, props in script.nodes():
+        if node.op != "@":
+            continue
+        for p in props:
+            opt = pb.Option(name=p.name)
+            for a in p.args:
+                kind = arg_type(a, script)
+                val = a.value
+                if a.kind == "var":
+                    decl = script.vars[a.value]
+                    val = values[a.value]["value"] if a.value in values else decl.default
+                v = opt.values.add(type=PB_TYPE[kind])
+                if kind == "string":
+                    v.stringValue = val
+                elif kind == "int":
+                    v.intValue = int(val)
+                elif kind == "float":
+                    v.doubleValue = float(val)
+                elif kind == "bool":
+                    v.boolValue = bool(val)
+                else:
+                    v.durationValue = val if isinstance(val, int) else parse_duration(val)
+            options.append(opt)
+    return options
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conf() -> dict:
+    return tomllib.loads(CONF.read_text())
+
+
+def _templates() -> dict[str, Path]:
+    return {p.stem: p for p in sorted((TICK_DIR / "templates").glob("*.tick"))}
+
+
+def _task_files() -> list[Path]:
+    return sorted(p for p in (TICK_DIR / "tasks").iterdir() if p.suffix in (".json", ".tick"))
+
+
+# -- the shipped scripts ---------------------------------------------------------------------
+
+
+def test_there_are_scripts_to_check():
+    assert set(_templates()) >= {"score_transactions", "fraud_alert", "model_quality"}
+    assert len(_task_files()) >= 4
+
+
+@pytest.mark.parametrize("path", list(_templates().values()), ids=lambda p: p.name)
+def test_template_parses_and_matches_contract_and_agent(path, conf):
+    script = parse(path.read_text())
+    assert check_script(script, udfs=udf_names(conf)) == []
+
+
+@pytest.mark.parametrize("path", _task_files(), ids=lambda p: p.name)
+def test_task_vars_fit_their_template(path, conf):
+    if path.suffix == ".tick":
+        assert check_script(parse(path.read_text()), udfs=udf_names(conf)) == []
+        return
+    data = json.loads(path.read_text())
+    templates = _templates()
+    assert data["template-id"] in templates, f"{path.name}: no template {data['template-id']}"
+    template = parse(templates[data["template-id"]].read_text())
+    assert check_vars_file(data, template) == []
+    # what the agent will receive at init must be accepted by the agent's own parser
+    if template.calls("@"):
+        opts = parse_init_options(resolved_udf_options(template, data["vars"]))
+        assert opts.model == data["vars"]["model"]["value"]
+
+
+def test_scoring_tasks_cover_sklearn_and_tfserving():
+    backends = {}
+    for path in _task_files():
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            if data["template-id"] == "score_transactions":
+                v = data["vars"]
+                backends[v["model"]["value"]] = v.get("backend", {}).get("value", "sklearn")
+                if backends[v["model"]["value"]] == "tfserving":
+                    assert v["fallback"]["value"], "a TF Serving task needs a local fallback"
+    assert backends == {"creditcard": "sklearn", "creditcard_tf": "tfserving"}
+
+
+def test_alert_template_posts_every_critical_point():
+    script = parse((TICK_DIR / "templates" / "fraud_alert.tick").read_text())
+    (alert, props), *_ = [(n, p) for n, p in script.nodes() if n.name == "alert"]
+    names = [p.name for p in props]
+    assert "stateChangesOnly" not in names  # every anomalous point alerts
+    assert {"id", "message", "details", "crit", "post", "header", "log", "noRecoveries"} <= set(
+        names
+    )
+    post = next(p for p in props if p.name == "post")
+    assert post.args[0].kind == "var" and script.vars[post.args[0].value].type == "string"
+    text = " ".join(str(a.value) for p in props for a in p.args if p.name in ("message", "details"))
+    for name in ("txn_id", "score", "Amount", "model"):
+        assert f'"{name}"' in text
+
+
+def test_model_quality_writes_documented_fields():
+    script = parse((TICK_DIR / "templates" / "model_quality.tick").read_text())
+    final_eval = [p for n, props in script.nodes() if n.name == "eval" for p in props][-1]
+    fields = [a.value for a in final_eval.args]
+    assert fields == ["precision", "recall", "alert_rate", "tp", "fp", "fn", "flagged", "total"]
+    out = [p for n, props in script.nodes() if n.name == "influxDBOut" for p in props]
+    assert any(p.name == "measurement" and p.args[0].value == "model_quality" for p in out)
+    assert contract.MODEL_QUALITY_MEASUREMENT == "model_quality"
+    # every division is guarded against a zero denominator
+    divisions = [a.value for n, _ in script.nodes() if n.name == "eval" for a in n.args]
+    assert all("max (" in d for d in divisions if "/" in d)
+
+
+# -- kapacitor.conf ----------------------------------------------------------------------------
+
+
+def test_kapacitor_conf_udfs_match_the_agent_sockets(conf):
+    funcs = conf["udf"]["functions"]
+    assert {name: f["socket"] for name, f in funcs.items()} == UDF_SOCKETS
+    assert all(f["timeout"] == "10s" for f in funcs.values())
+
+
+def test_every_udf_used_in_scripts_is_configured(conf):
+    used = {c.name for p in _templates().values() for c in parse(p.read_text()).calls("@")}
+    assert used and used <= udf_names(conf)
+
+
+def test_kapacitor_conf_loads_tasks_and_reaches_influxdb(conf):
+    assert conf["load"] == {"enabled": True, "dir": "/etc/kapacitor/load"}
+    (influx,) = conf["influxdb"]
+    assert influx["urls"] == ["http://influxdb:8086"] and not influx["disable-subscriptions"]
+    (post,) = conf["httppost"]
+    assert post["url"] == "http://alert-sink:9000/kapacitor"
+
+
+def test_no_token_is_committed(conf):
+    (post,) = conf["httppost"]
+    assert post["headers"]["Authorization"] == f"Bearer {TOKEN_PLACEHOLDER}"
+    alert_vars = json.loads((TICK_DIR / "tasks" / "fraud_alert_creditcard.json").read_text())
+    assert alert_vars["vars"]["alert_authorization"]["value"] == f"Bearer {TOKEN_PLACEHOLDER}"
+    for path in [CONF, *TICK_DIR.rglob("*")]:
+        if path.is_file():
+            assert not re.search(r"Bearer (?!@ALERT_SINK_TOKEN@)[A-Za-z0-9]", path.read_text())
+
+
+# -- the checker itself can fail ---------------------------------------------------------------
+
+GOOD = """
+var model string
+var threshold = 0.5
+dbrp "fraud"."autogen"
+stream
+    |from()
+        .measurement('transactions')
+    @score()
+        .model(model)
+        .threshold(threshold)
+        .maxDelay(5ms)
+    |influxDBOut()
+        .database('fraud')
+        .retentionPolicy('autogen')
+        .measurement('transactions_scored')
+"""
+
+
+def test_checker_accepts_the_reference_script():
+    assert check_script(parse(GOOD), udfs={"score"}) == []
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        (".threshold(threshold)", ".threshold(1)", ".threshold() takes (float), got (int)"),
+        (".maxDelay(5ms)", ".maxDelay(5)", ".maxDelay() takes (duration), got (int)"),
+        (".model(model)", ".model(model, 'x')", ".model() takes (string), got (string, string)"),
+        (".maxDelay(5ms)", ".maxDelay(5ms)\n        .shadow(TRUE)", "no option .shadow()"),
+        ("@score()", "@scorer()", "@scorer() is not a UDF in kapacitor.conf"),
+        ("'transactions')", "'transaction')", "unknown measurement 'transaction'"),
+        ("'transactions_scored'", "'scored'", "writes an unknown measurement"),
+        ('"fraud"."autogen"', '"telegraf"."autogen"', "dbrp"),
+        (
+            "@score()",
+            '|where(lambda: "amount" > 10)\n    @score()',
+            'unknown "amount"',
+        ),
+    ],
+)
+def test_checker_reports_mistakes(old, new, expected):
+    src = GOOD.replace(old, new)
+    assert src != GOOD
+    problems = check_script(parse(src), udfs={"score"})
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "src, expected",
+    [
+        ('stream\n |from().measurement("transactions")', "string literals take single quotes"),
+        ("stream\n |from().measurement(m)", "'m' is not declared"),
+        ("stream\n |from(.measurement('x')", "unexpected argument"),
+        ("var x 5", "expected a type or '='"),
+        ('stream\n |eval(lambda: "a" + nope)', "undeclared 'nope'"),
+    ],
+)
+def test_parser_rejects_bad_syntax(src, expected):
+    with pytest.raises(TickSyntaxError, match=re.escape(expected)):
+        parse(src)
+
+
+def test_vars_file_checker_reports_mismatches():
+    template = parse(GOOD)
+    assert check_vars_file({"vars": {"model": {"type": "string", "value": "m"}}}, template) == []
+    problems = check_vars_file(
+        {
+            "dbrps": [{"db": "fraud", "rp": "autogen"}],
+            "vars": {
+                "threshold": {"type": "int", "value": 1},
+                "extra": {"type": "string", "value": "x"},
+            },
+        },
+        template,
+    )
+    text = "\n".join(problems)
+    assert "var model (string) has no default" in text
+    assert "var threshold: type 'int', template says 'float'" in text
+    assert "var extra is not a var of the template" in text
+    assert "dbrps given both" in text
+
+
+# -- entrypoint: token rendering and UDF socket wait ---------------------------------------
+
+
+def _entry_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "PATH": os.environ["PATH"],
+        "KAPACITOR_CONF_TEMPLATE": str(CONF),
+        "KAPACITOR_CONF": str(tmp_path / "out" / "kapacitor.conf"),
+        "KAPACITOR_LOAD_SRC": str(TICK_DIR),
+        "KAPACITOR_LOAD_DIR": str(tmp_path / "load"),
+        "UDF_SOCKETS": "",
+        "UDF_WAIT_SECONDS": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def _run_entry(env: dict[str, str], *cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), *cmd], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_entrypoint_renders_token_into_config_and_tasks(tmp_path):
+    token = "Zm9vYmFy-_.~+/="
+    sock_path = tmp_path / "udf.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(str(sock_path))
+        srv.listen(1)
+        env = _entry_env(tmp_path, ALERT_SINK_TOKEN=token, UDF_SOCKETS=str(sock_path))
+        r = _run_entry(env, "sh", "-c", 'echo "load=$KAPACITOR_LOAD_DIR"')
+    assert r.returncode == 0, r.stderr
+    assert f"load={tmp_path / 'load'}" in r.stdout  # exported for Kapacitor's own override
+    rendered = tomllib.loads((tmp_path / "out" / "kapacitor.conf").read_text())
+    assert rendered["httppost"][0]["headers"]["Authorization"] == f"Bearer {token}"
+    alert = json.loads((tmp_path / "load" / "tasks" / "fraud_alert_creditcard.json").read_text())
+    assert alert["vars"]["alert_authorization"]["value"] == f"Bearer {token}"
+    for sub in ("templates", "tasks"):
+        src = sorted(p.name for p in (TICK_DIR / sub).iterdir())
+        assert sorted(p.name for p in (tmp_path / "load" / sub).iterdir()) == src
+    out = tmp_path / "load" / "tasks" / "fraud_alert_creditcard.json"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_entrypoint_reads_token_file(tmp_path):
+    (tmp_path / "token").write_text("abc123\n")
+    env = _entry_env(tmp_path, ALERT_SINK_TOKEN_FILE=str(tmp_path / "token"))
+    r = _run_entry(env, "true")
+    assert r.returncode == 0, r.stderr
+    assert "Bearer abc123" in (tmp_path / "out" / "kapacitor.conf").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({}, "no alert-sink token"),
+        ({"ALERT_SINK_TOKEN": "bad|token"}, "may only contain"),
+        ({"ALERT_SINK_TOKEN": "ok", "UDF_SOCKETS": "/nonexistent/udf.sock"}, "UDF socket"),
+    ],
+)
+def test_entrypoint_refuses_clearly(tmp_path, extra, message):
+    r = _run_entry(_entry_env(tmp_path, **extra), "true")
+    assert r.returncode == 64
+    assert message in r.stderr
