@@ -17,7 +17,7 @@ fi
 
 echo "event=wait_kibana url=${KIBANA_URL}"
 waited=0
-until curl -fsS "$@" "${KIBANA_URL}/api/status" 2>/dev/null | grep -q '"level":"available"'; do
+until curl -fsS "$@" "${KIBANA_URL}/api/status" 2>/dev/null | grep -Eq '"level": ?"available"'; do
   if [ "$waited" -ge "$TIMEOUT" ]; then
     echo "event=kibana_not_available url=${KIBANA_URL} waited_s=${waited}" >&2
     exit 1
@@ -32,7 +32,7 @@ response="$(curl -sS "$@" -X POST "${KIBANA_URL}/api/saved_objects/_import?overw
 status="$(printf '%s\n' "$response" | tail -n 1)"
 body="$(printf '%s\n' "$response" | sed '$d')"
 echo "$body"
-if [ "$status" != "200" ] || ! printf '%s' "$body" | grep -q '"success":true'; then
+if [ "$status" != "200" ] || ! printf '%s' "$body" | grep -Eq '"success": ?true'; then
   echo "event=import_failed http_status=${status}" >&2
   exit 1
 fi
