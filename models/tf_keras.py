@@ -179,40 +179,22 @@ def predict_proba(model, X: np.ndarray) -> np.ndarray:
 
 
 def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Threshold maximising F1 on ``(y_true, scores)``; 0.5 when there are no positives."""
-    from sklearn.metrics import precision_recall_curve
+    """Threshold maximising F1 on validation (``models.evaluation.choose_threshold``);
+    0.5 when the split has no positives to choose from."""
+    from .evaluation import choose_threshold
 
     y_true = np.asarray(y_true).astype(int)
-    if y_true.sum() == 0 or y_true.sum() == len(y_true):
+    if y_true.sum() == 0:
         return 0.5
-    precision, recall, thresholds = precision_recall_curve(y_true, scores)
-    p, r = precision[:-1], recall[:-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
-    return float(thresholds[int(np.argmax(f1))])
+    return choose_threshold(y_true, scores, strategy="f1").threshold
 
 
-def _metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    from sklearn.metrics import (
-        average_precision_score,
-        f1_score,
-        precision_score,
-        recall_score,
-        roc_auc_score,
-    )
+def _metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float, X: np.ndarray):
+    """The same metrics as the scikit-learn model cards (money columns from Amount)."""
+    from .evaluation import evaluate_scores
 
-    y_true = np.asarray(y_true).astype(int)
-    pred = (scores >= threshold).astype(int)
-    out = {
-        "precision": float(precision_score(y_true, pred, zero_division=0)),
-        "recall": float(recall_score(y_true, pred, zero_division=0)),
-        "f1": float(f1_score(y_true, pred, zero_division=0)),
-        "rows": int(len(y_true)),
-    }
-    if 0 < y_true.sum() < len(y_true):
-        out["auprc"] = float(average_precision_score(y_true, scores))
-        out["roc_auc"] = float(roc_auc_score(y_true, scores))
-    return out
+    amounts = X[:, FEATURES.index("Amount")] if X.shape[1] == len(FEATURES) else None
+    return evaluate_scores(y_true, scores, threshold=threshold, amounts=amounts)
 
 
 def export_saved_model(model, export_dir: Path, n_features: int = len(FEATURES)) -> Path:
@@ -282,7 +264,7 @@ def register_keras_model(
             framework=FRAMEWORK,
             artifact_name=ARTIFACT_DIR,
             metrics=metrics,
-            training=training,
+            training={"resampling": "class_weight", **dict(training or {})},
             extra={
                 "serving": serving_section(name, version, len(features)),
                 "keras_file": KERAS_FILE,
@@ -360,9 +342,9 @@ def cli_train_tf(args: argparse.Namespace) -> int:
     model, history = train_keras(X_tr, y_tr, X_va, y_va, config, progress=emit)
     val_scores = predict_proba(model, X_va)
     threshold = best_f1_threshold(y_va, val_scores)
-    metrics = {"validation": _metrics(y_va, val_scores, threshold)}
+    metrics = {"validation": _metrics(y_va, val_scores, threshold, X_va)}
     if len(y_te):
-        metrics["test"] = _metrics(y_te, predict_proba(model, X_te), threshold)
+        metrics["test"] = _metrics(y_te, predict_proba(model, X_te), threshold, X_te)
     training = {
         "rows": int(len(y_tr)),
         "positive_rate": float(y_tr.mean()),

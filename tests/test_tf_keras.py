@@ -1,0 +1,123 @@
+"""The Keras model: training, registration, the TF Serving export layout and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import require_module
+
+from models.registry import ChecksumMismatch, Registry, sha256_path
+
+pytestmark = pytest.mark.tf
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    require_module("tensorflow")
+    from tfserving_peer import tiny_bundle
+
+    return tiny_bundle(tmp_path_factory.getbasetemp() / "tf-bundle")
+
+
+def test_card_records_the_serving_signature(bundle):
+    card = bundle.registry.card(bundle.name, "2")
+    assert card.framework == "tf"
+    assert card.artifact_file == "saved_model"
+    assert card.serving == {
+        "model_name": bundle.name,
+        "version": 2,
+        "signature_name": "serving_default",
+        "inputs": {"features": {"dtype": "DT_FLOAT", "shape": [-1, 30]}},
+        "outputs": {"score": {"dtype": "DT_FLOAT", "shape": [-1]}},
+    }
+    assert card.data["training"]["resampling"] == "class_weight"
+
+
+def test_saved_model_signature_matches_the_card(bundle):
+    import tensorflow as tf
+
+    card = bundle.registry.card(bundle.name, "1")
+    loaded = tf.saved_model.load(str(bundle.serving_dir / bundle.name / "1"))
+    fn = loaded.signatures[card.serving["signature_name"]]
+    (spec,) = fn.structured_input_signature[1].values()
+    assert list(fn.structured_input_signature[1]) == ["features"]
+    assert spec.dtype == tf.float32 and spec.shape.as_list() == [None, 30]
+    assert list(fn.structured_outputs) == ["score"]
+    out = fn(features=tf.constant(bundle.X_test, dtype=tf.float32))["score"].numpy()
+    np.testing.assert_allclose(out, bundle.keras_scores("1", bundle.X_test), rtol=1e-5)
+
+
+def test_serving_copy_is_the_registered_artifact(bundle):
+    for version in ("1", "2"):
+        card = bundle.registry.card(bundle.name, version)
+        path = bundle.registry.verify(card)  # sha256 over the directory
+        assert sha256_path(bundle.serving_dir / bundle.name / version) == card.artifact_sha256
+        assert (path / "saved_model.pb").is_file()
+        assert (path.parent / "model.keras").is_file()
+    # no half-copied or hidden staging directories left behind for TF Serving to trip on
+    assert sorted(p.name for p in (bundle.serving_dir / bundle.name).iterdir()) == ["1", "2"]
+
+
+def test_keras_file_reloads_to_the_same_predictions(bundle):
+    import keras
+
+    model = keras.models.load_model(bundle.registry.root / bundle.name / "1" / "model.keras")
+    out = model.predict(bundle.X_test.astype(np.float32), verbose=0).reshape(-1)
+    np.testing.assert_allclose(out, bundle.keras_scores("1", bundle.X_test), rtol=1e-5)
+
+
+def test_tampered_artifact_is_refused(bundle, tmp_path):
+    import shutil
+
+    reg = Registry(tmp_path / "reg")
+    shutil.copytree(bundle.registry.root / bundle.name, reg.root / bundle.name)
+    card = reg.card(bundle.name, "1")
+    (reg.artifact_path(card) / "variables" / "variables.index").write_bytes(b"tampered")
+    with pytest.raises(ChecksumMismatch, match="does not match"):
+        reg.verify(card)
+
+
+def test_best_f1_threshold():
+    from models.tf_keras import best_f1_threshold
+
+    y = np.array([0, 0, 0, 1, 1, 0, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.8, 0.9, 0.35, 0.7])
+    assert best_f1_threshold(y, s) == pytest.approx(0.7)
+    assert best_f1_threshold(np.zeros(4), np.linspace(0, 1, 4)) == 0.5
+
+
+def test_cli_train_tf_registers_exports_and_promotes(tmp_path, capsys):
+    require_module("tensorflow")
+    from models.__main__ import main
+
+    registry, serving, data = tmp_path / "reg", tmp_path / "serving", tmp_path / "data"
+    argv = [
+        "train-tf",
+        "--name", "cc_tf",
+        "--synthetic-rows", "3000",
+        "--epochs", "2",
+        "--seed", "3",
+        "--serving-dir", str(serving),
+        "--data-dir", str(data),
+        "--promote", "production",
+        "--registry", str(registry),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "cc_tf 1"
+    assert "epoch=1/2 " in err and "epoch=2/2 " in err  # per-epoch progress
+    reg = Registry(registry)
+    card = reg.card("cc_tf", "production")
+    assert card.version == "1" and card.serving["version"] == 1
+    assert (serving / "cc_tf" / "1" / "saved_model.pb").is_file()
+    assert 0.0 < card.threshold < 1.0
+    assert {"auprc", "precision", "recall", "f1"} <= set(card.metrics["validation"])
+    assert (
+        card.data["training"]["rows"] == len(pd.read_csv(data / "train.csv"))
+        and card.data["training"]["epochs_run"] <= 2
+    )
+    assert json.loads((registry / "cc_tf" / "aliases.json").read_text()) == {"production": "1"}
+    assert (data / "train.csv").is_file()
