@@ -1,7 +1,9 @@
 """Optional MLflow experiment tracking (extra ``mlflow``), imported only when enabled.
 
 Enabled by ``train --mlflow`` or by the ``MLFLOW_TRACKING_URI`` environment variable.
-Without a URI, runs go to a local file store under ``runs/mlruns``. One MLflow run per
+Without a URI, runs go to a local store under ``runs/mlruns``: an SQLite database
+(``mlflow.db``, MLflow's recommended local backend) and an ``artifacts`` folder; browse it
+with ``mlflow ui --backend-store-uri sqlite:///runs/mlruns/mlflow.db``. One MLflow run per
 training job: configuration and best parameters, validation/test metrics of every
 candidate, the report folder (plots, tables) and the best model, registered in MLflow's
 model registry under the same name.
@@ -26,8 +28,24 @@ log = logging.getLogger("models.tracking")
 
 
 def default_tracking_uri(runs_dir: str | os.PathLike[str] = "runs") -> str:
-    """``$MLFLOW_TRACKING_URI`` or a file store at ``<runs_dir>/mlruns``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or (Path(runs_dir).resolve() / "mlruns").as_uri()
+    """``$MLFLOW_TRACKING_URI`` or an SQLite store at ``<runs_dir>/mlruns/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    store = Path(runs_dir).resolve() / "mlruns"
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def _experiment(mlflow, name: str, uri: str) -> str:
+    """Experiment id; a new one keeps its artifacts next to a local SQLite store."""
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
 
 
 def log_training_run(result: TrainResult, *, tracking_uri: str | None = None) -> str:
@@ -44,9 +62,9 @@ def log_training_run(result: TrainResult, *, tracking_uri: str | None = None) ->
     config = result.config
     uri = tracking_uri or default_tracking_uri(config.runs_dir)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(config.name)
+    experiment_id = _experiment(mlflow, config.name, uri)
     best = result.best
-    with mlflow.start_run(run_name=result.run_dir.name) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=result.run_dir.name) as run:
         params: dict[str, Any] = {
             "candidates": ",".join(r.name for r in result.results),
             "best_candidate": best.name,
@@ -77,6 +95,23 @@ def log_training_run(result: TrainResult, *, tracking_uri: str | None = None) ->
         if result.card is not None:
             mlflow.set_tags({"registry.version": result.card.version, "model": config.name})
             registered = config.name
-        mlflow.sklearn.log_model(best.estimator, name="model", registered_model_name=registered)
+        mlflow.sklearn.log_model(
+            best.estimator,
+            name="model",
+            registered_model_name=registered,
+            **_serialization(best.estimator),
+        )
         log.info("mlflow run=%s uri=%s registered=%s", run.info.run_id, uri, registered)
         return run.info.run_id
+
+
+def _serialization(estimator: Any) -> dict[str, Any]:
+    """skops (MLflow's default) with our own imbalanced-learn/ensemble types trusted."""
+    try:
+        import skops.io
+    except ImportError:
+        import mlflow.sklearn
+
+        return {"serialization_format": mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE}
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(estimator))
+    return {"skops_trusted_types": trusted}
