@@ -133,12 +133,16 @@ class Connection:
     def _dispatch_frames(self) -> None:
         stream_points: list[Any] = []
         stream_payloads: list[bytes | None] = []
+        self._points_seen = 0
         try:
             self._dispatch_loop(stream_points, stream_payloads)
         finally:
             # Points decoded before a bad frame are still scored and delivered.
             if stream_points:
                 self._enqueue_stream(stream_points, stream_payloads)
+            self.metrics.points_in.inc(self._points_seen)
+
+    _points_seen = 0
 
     def _dispatch_loop(self, stream_points: list[Any], stream_payloads: list[bytes | None]) -> None:
         for body in self._decoder.frames():
@@ -148,7 +152,7 @@ class Connection:
                 raise MalformedFrame(f"frame of {len(body)} bytes is not a Request: {exc}") from exc
             kind = req.WhichOneof("message")
             if kind == "point":
-                self.metrics.points_in.inc()
+                self._points_seen += 1
                 if self._batch is not None:
                     self._batch.points.append(req.point)
                     self._batch.payloads.append(point_payload(body))

@@ -411,12 +411,14 @@ def _extract(
     n = len(points)
     if n == 0:
         return np.empty((0, len(features)))
+    # Map.get, not indexing: indexing a protobuf map inserts and returns a default 0.0
+    # for a missing key, which would score a point with invented values.
     rows = []
     append = rows.append
     for p in points:
         get = p.fieldsDouble.get
         append([get(f) for f in features])
-    X = np.array(rows, dtype=np.float64)
+    X = np.array(rows, dtype=np.float64).reshape(n, len(features))
     bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
     for i in bad.tolist():
         p = points[i]
