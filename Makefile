@@ -17,6 +17,8 @@ help:
 	@echo "make lint     - ruff check + format check"
 	@echo "make bench    - run the benchmarks in bench/ and print their figures"
 	@echo "make proto    - regenerate the protocol descriptor from udf.proto"
+	@echo "make env      - write .env with random credentials for the compose stack"
+	@echo "make smoke    - query every compose service's health on 127.0.0.1"
 
 venv: $(STAMP)
 
@@ -51,6 +53,12 @@ bench: venv
 
 proto: venv
 	$(BIN)/python udf_agent/protocol/_generate.py
+
+env:
+	$(PYTHON) compose/scripts/make_env.py $(if $(FORCE),--force,)
+
+smoke:
+	$(PYTHON) compose/scripts/smoke.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
