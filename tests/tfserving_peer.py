@@ -367,7 +367,10 @@ class TinyBundle:
         from models.registry import Registry
         from models.tf_keras import KerasConfig, register_keras_model, train_keras
 
+        from models.contract import FEATURES
+
         self.name = name
+        self.feature_names = list(FEATURES)
         self.registry = Registry(Path(root) / "registry")
         self.serving_dir = Path(root) / "serving"
         X, y = X_y(make_synthetic(rows, seed=7))
