@@ -145,20 +145,30 @@ class Connection:
     _points_seen = 0
 
     def _dispatch_loop(self, stream_points: list[Any], stream_payloads: list[bytes | None]) -> None:
+        parse_point = pb.Point.FromString
         for body in self._decoder.frames():
+            # Fast path: a body that is exactly one `point` field is a point request;
+            # parse only the Point and keep its bytes for the response.
+            payload = point_payload(body)
             try:
-                req = pb.Request.FromString(body)
+                if payload is not None:
+                    point = parse_point(payload)
+                    kind = "point"
+                else:
+                    req = pb.Request.FromString(body)
+                    kind = req.WhichOneof("message")
+                    if kind == "point":
+                        point = req.point
             except DecodeError as exc:
                 raise MalformedFrame(f"frame of {len(body)} bytes is not a Request: {exc}") from exc
-            kind = req.WhichOneof("message")
             if kind == "point":
                 self._points_seen += 1
                 if self._batch is not None:
-                    self._batch.points.append(req.point)
-                    self._batch.payloads.append(point_payload(body))
+                    self._batch.points.append(point)
+                    self._batch.payloads.append(payload)
                 else:
-                    stream_points.append(req.point)
-                    stream_payloads.append(point_payload(body))
+                    stream_points.append(point)
+                    stream_payloads.append(payload)
                 continue
             if stream_points:  # keep order relative to batch edges and init
                 self._enqueue_stream(stream_points, stream_payloads)

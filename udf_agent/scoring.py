@@ -413,11 +413,7 @@ def _extract(
         return np.empty((0, len(features)))
     # Map.get, not indexing: indexing a protobuf map inserts and returns a default 0.0
     # for a missing key, which would score a point with invented values.
-    rows = []
-    append = rows.append
-    for p in points:
-        get = p.fieldsDouble.get
-        append([get(f) for f in features])
+    rows = [list(map(p.fieldsDouble.get, features)) for p in points]
     X = np.array(rows, dtype=np.float64).reshape(n, len(features))
     bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
     for i in bad.tolist():

@@ -127,12 +127,18 @@ class FrameDecoder:
 def point_payload(request_body: bytes) -> bytes | None:
     """The serialized Point inside a ``Request{point: ...}`` body, or None if the body is
     not exactly one point field (then the caller re-serializes the parsed message)."""
-    if request_body[:2] != _POINT_TAG:
+    if request_body[:2] != _POINT_TAG or len(request_body) < 3:
         return None
-    decoded = decode_varint(request_body, 2)
-    if decoded is None:
-        return None
-    length, start = decoded
+    b = request_body[2]
+    if b < 0x80:  # inlined one- and two-byte lengths: this runs once per point
+        length, start = b, 3
+    elif len(request_body) > 3 and request_body[3] < 0x80:
+        length, start = (b & 0x7F) | (request_body[3] << 7), 4
+    else:
+        decoded = decode_varint(request_body, 2)
+        if decoded is None:
+            return None
+        length, start = decoded
     if start + length != len(request_body):
         return None
     return request_body[start:]
