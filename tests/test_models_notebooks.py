@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
 
 nbformat = pytest.importorskip("nbformat")
