@@ -366,11 +366,10 @@ class TinyBundle:
     """Two versions of a tiny Keras model, registered and exported for serving."""
 
     def __init__(self, root: Path, *, name: str = "creditcard_tf", rows: int = 1200) -> None:
+        from models.contract import FEATURES
         from models.data import X_y, make_synthetic
         from models.registry import Registry
         from models.tf_keras import KerasConfig, register_keras_model, train_keras
-
-        from models.contract import FEATURES
 
         self.name = name
         self.feature_names = list(FEATURES)
