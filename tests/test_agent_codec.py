@@ -210,3 +210,49 @@ def test_double_prefix_is_followed_by_eight_value_bytes():
     raw = PointEncoder.double_prefix("score") + struct.pack("<d", 0.25)
     p = pb.Point.FromString(raw)
     assert dict(p.fieldsDouble) == {"score": 0.25}
+
+
+def test_committed_descriptor_matches_udf_proto():
+    """`make proto` output is committed; it must match a fresh compile of udf.proto."""
+    pytest.importorskip("grpc_tools")
+    from google.protobuf import descriptor_pb2
+
+    from udf_agent.protocol import _descriptor, _generate
+
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(_generate.compile_descriptor())
+    committed = descriptor_pb2.FileDescriptorSet.FromString(
+        _descriptor.SERIALIZED_FILE_DESCRIPTOR_SET
+    )
+    assert fresh == committed
+
+
+def test_wire_numbers_match_the_documented_table():
+    fields = {f.name: f.number for f in pb.Point.DESCRIPTOR.fields}
+    assert fields == {
+        "time": 1,
+        "name": 2,
+        "database": 3,
+        "retentionPolicy": 4,
+        "group": 5,
+        "dimensions": 6,
+        "tags": 7,
+        "fieldsDouble": 8,
+        "fieldsInt": 9,
+        "fieldsString": 10,
+        "byName": 11,
+        "fieldsBool": 12,
+    }
+    req = {f.name: f.number for f in pb.Request.DESCRIPTOR.fields}
+    assert req == {
+        "info": 1,
+        "init": 2,
+        "keepalive": 3,
+        "snapshot": 4,
+        "restore": 5,
+        "begin": 16,
+        "point": 17,
+        "end": 18,
+    }
+    resp = {f.name: f.number for f in pb.Response.DESCRIPTOR.fields}
+    assert resp == {**req, "error": 6}
+    assert pb.Point.DESCRIPTOR.file.package == "agent"
