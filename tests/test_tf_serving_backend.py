@@ -401,3 +401,38 @@ def test_breaker_lets_exactly_one_probe_through_under_contention():
     for t in threads:
         t.join()
     assert allowed.count(True) == 1
+
+
+def test_unexpected_errors_still_settle_the_breaker(bundle_and_peer):
+    bundle, peer = bundle_and_peer
+    backend = _backend(bundle, peer, tfserving_breaker_failures=1, tfserving_breaker_cooldown=0.0)
+    real_predict = backend.transport.predict
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder bug")
+
+    try:
+        backend.transport.predict = broken
+        with pytest.raises(BackendError, match="RuntimeError: decoder bug"):
+            backend.score(bundle.X_test)
+        assert backend.breaker.state == "open"
+        # The half-open probe is not left hanging: the next call probes again and succeeds.
+        backend.transport.predict = real_predict
+        np.testing.assert_allclose(
+            backend.score(bundle.X_test), bundle.keras_scores("2", bundle.X_test), rtol=1e-5
+        )
+        assert backend.breaker.state == "closed"
+    finally:
+        backend.close()
+
+
+def test_card_without_a_serving_section_is_refused(bundle_and_peer, tmp_path):
+    from agent_helpers import register_tiny
+
+    from models.registry import Registry
+
+    _, peer = bundle_and_peer
+    reg = Registry(tmp_path / "reg")
+    register_tiny(reg, "creditcard")
+    with pytest.raises(BackendError, match="has no serving section"):
+        load_backend(reg, "creditcard", kind="tfserving", tfserving_target=peer.target)

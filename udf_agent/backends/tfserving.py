@@ -101,6 +101,11 @@ class ServingSpec:
         inputs = dict(s.get("inputs") or {})
         outputs = dict(s.get("outputs") or {})
         where = f"model card {card.name} v{card.version}"
+        if not s:
+            raise BackendError(
+                f"{where} (framework {card.framework}) has no serving section, so TF Serving "
+                "cannot score it; train it with `python -m models train-tf`"
+            )
         if len(inputs) != 1:
             raise BackendError(
                 f"{where}: serving.inputs must name exactly one tensor, got {list(inputs)}"
@@ -617,13 +622,18 @@ class TFServingBackend(ScoringBackend):
         X32 = np.ascontiguousarray(X, dtype=np.float32)
         deadline = self._clock() + self.config.timeout
         try:
-            if not self.metadata_verified:  # start-up check postponed: server was down
-                self.check_metadata(timeout=self._remaining(deadline))
-            step = self.config.max_rows_per_request
-            parts = [
-                self._predict_with_retry(X32[i : i + step], deadline)
-                for i in range(0, len(X32), step)
-            ]
+            try:
+                if not self.metadata_verified:  # start-up check postponed: server was down
+                    self.check_metadata(timeout=self._remaining(deadline))
+                step = self.config.max_rows_per_request
+                parts = [
+                    self._predict_with_retry(X32[i : i + step], deadline)
+                    for i in range(0, len(X32), step)
+                ]
+            except BackendError:
+                raise
+            except Exception as exc:  # an unexpected error must still settle the breaker
+                raise BackendError(f"TF Serving call failed: {type(exc).__name__}: {exc}") from exc
         except BackendError as exc:
             self.breaker.record_failure()
             with self._lock:
