@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 import venv
 from pathlib import Path
@@ -23,7 +24,8 @@ def _pip_wheel(dest: Path) -> Path:
         meta = json.load(resp)
     wheel = next(u for u in meta["urls"] if u["filename"].endswith("-py3-none-any.whl"))
     path = dest / wheel["filename"]
-    with urllib.request.urlopen(wheel["url"], timeout=120) as resp:
+    url = urllib.parse.urljoin(PYPI_JSON, wheel["url"])  # mirrors may answer with relative URLs
+    with urllib.request.urlopen(url, timeout=120) as resp:
         path.write_bytes(resp.read())
     return path
 
