@@ -66,6 +66,15 @@ def _rows(n: int, seed: int = 7) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, len(contract.FEATURES)))
 
 
+def _eventually(check, timeout: float = 5.0) -> None:
+    """Counters are bumped right after the write, so a reader may see the data first."""
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
 def _metric(server: AgentServer, name: str, labels: dict | None = None) -> float:
     v = server.metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if v is None else v
@@ -190,7 +199,7 @@ def test_bad_points_are_passed_on_with_score_error_and_counted(server):
     assert _metric(server, "udf_agent_errors_total", {"reason": "missing_feature"}) == 1
     assert _metric(server, "udf_agent_errors_total", {"reason": "non_finite_feature"}) == 2
     assert _metric(server, "udf_agent_errors_total", {"reason": "non_numeric_feature"}) == 1
-    assert _metric(server, "udf_agent_points_out_total") == 6
+    _eventually(lambda: _metric(server, "udf_agent_points_out_total") == 6)
 
 
 def test_init_errors_are_actionable(server, registry):
