@@ -89,6 +89,8 @@ def test_fitting_is_deterministic_by_seed(splits):
     Xv, _ = X_y(splits.validation)
     a = fit_estimator(get_candidate("rf_under").make({"n_estimators": 30}, seed=3), X, y)
     b = fit_estimator(get_candidate("rf_under").make({"n_estimators": 30}, seed=3), X, y)
+    # fitted in parallel, but predicts serially (no thread pool per streamed batch)
+    assert a.named_steps["clf"].n_jobs is None
     # equal up to the summation order of parallel tree averaging
     np.testing.assert_allclose(a.predict_proba(Xv), b.predict_proba(Xv), rtol=0, atol=1e-12)
 
