@@ -202,3 +202,19 @@ def test_mlflow_tracking(trained, tmp_path):
     loaded = mlflow.sklearn.load_model(f"models:/creditcard/{versions[0].version}")
     X, _ = X_y(load_split(trained[2] / "data" / "test.csv"))
     np.testing.assert_allclose(loaded.predict_proba(X)[:, 1], result.best.test_scores)
+
+
+def test_train_tf_flags_are_the_shared_ones():
+    from models.__main__ import COMMANDS, build_parser
+
+    args = build_parser().parse_args(["train-tf", "--synthetic-rows", "100", "--epochs", "2"])
+    assert (args.name, args.synthetic_rows, args.epochs, args.seed) == ("creditcard_tf", 100, 2, 42)
+    assert (args.serving_dir, args.promote, args.registry, args.csv) == (
+        "models/serving",
+        None,
+        None,
+        None,
+    )
+    assert COMMANDS[args.command].__name__ == "cmd_train_tf"
+    args = build_parser().parse_args(["train", "--promote", "production", "--mlflow"])
+    assert args.name == "creditcard" and args.promote == "production" and args.mlflow
