@@ -1,0 +1,231 @@
+"""The alert TICKscript's rule and Kapacitor's alert JSON, mirrored without Kapacitor.
+
+``tickscripts/templates/fraud_alert.tick`` alerts CRITICAL on every scored point whose
+``is_anomaly`` is true, with no recoveries, and posts Kapacitor's standard alert body.
+This module builds byte-for-byte the same shape (see the recorded bodies in
+``tests/fixtures`` / the shared Kapacitor fixtures): Go's number formatting in the
+``message`` (text/template) and ``details`` (html/template, so values are HTML-escaped),
+``time`` as RFC 3339 with trailing zeros trimmed, ``columns`` = ``time`` then the fields
+in byte order, one row, and the alert state of the (single, ungrouped) stream for
+``previousLevel`` and ``duration``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models import contract
+
+__all__ = [
+    "AlertState",
+    "ScoredRecord",
+    "alert_body",
+    "alert_id",
+    "alerts_for",
+    "go_json_float",
+    "go_print",
+    "rfc3339_nano",
+]
+
+#: the alert node of tickscripts/templates/fraud_alert.tick
+ID_TEMPLATE = "fraud:{model}:{txn_id}"
+MESSAGE_TEMPLATE = (
+    "Suspected fraud: txn {txn_id} scored {score} (threshold {threshold}), "
+    "amount {amount}, model {model} v{model_version}"
+)
+DETAILS_TEMPLATE = (
+    "txn_id={txn_id} score={score} threshold={threshold} amount={amount} "
+    "model={model} model_version={model_version} source={source} label={label}"
+)
+NO_VALUE = "<no value>"  # what Go templates print for a missing map key
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredRecord:
+    """One ``transactions_scored`` point as Kapacitor's alert node sees it."""
+
+    time_ns: int
+    tags: Mapping[str, str]
+    fields: Mapping[str, Any]
+
+    @property
+    def is_anomaly(self) -> bool | None:
+        v = self.fields.get(contract.IS_ANOMALY)
+        return None if v is None else bool(v)
+
+
+# -- Go formatting ---------------------------------------------------------------------
+def _sci(v: float) -> str:
+    return np.format_float_scientific(v, unique=True, trim="-", exp_digits=2)
+
+
+def go_print(value: Any) -> str:
+    """``fmt.Sprint(value)`` as a Go template prints a field (``%v``)."""
+    if value is None:
+        return NO_VALUE
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return "NaN"
+        if math.isinf(v):
+            return "+Inf" if v > 0 else "-Inf"
+        if v == 0:
+            return "-0" if math.copysign(1.0, v) < 0 else "0"
+        exp = int(_sci(v).rsplit("e", 1)[1])
+        # %v is %g with the shortest digits: exponent form below 1e-4 and from 1e6 on
+        if exp < -4 or exp >= 6:
+            return _sci(v)
+        return np.format_float_positional(v, unique=True, trim="-")
+    return str(value)
+
+
+def go_json_float(v: float) -> str:
+    """A float as Go's encoding/json writes it (``11`` for 11.0, ``1e-7`` for 1e-07)."""
+    if not math.isfinite(v):
+        raise ValueError(f"JSON cannot carry {v!r}")
+    a = abs(v)
+    if a != 0 and (a < 1e-6 or a >= 1e21):
+        s = _sci(v)
+        mant, exp = s.rsplit("e", 1)
+        sign, digits = exp[0], exp[1:].lstrip("0") or "0"
+        if len(digits) == 1 and sign == "-":
+            return f"{mant}e-{digits}"
+        return f"{mant}e{sign}{digits.zfill(2)}"
+    return np.format_float_positional(v, unique=True, trim="-")
+
+
+def _html_escape(text: str) -> str:
+    # html/template's escaper for text content (the characters it rewrites)
+    return (
+        text.replace("&", "&amp;")
+        .replace("'", "&#39;")
+        .replace("+", "&#43;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace('"', "&#34;")
+        .replace("\x00", "\ufffd")
+    )
+
+
+def rfc3339_nano(t_ns: int) -> str:
+    """Go's ``time.RFC3339Nano`` in UTC: nanoseconds, trailing zeros trimmed."""
+    secs, frac = divmod(int(t_ns), 1_000_000_000)
+    base = _dt.datetime.fromtimestamp(secs, tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    ns = f"{frac:09d}".rstrip("0")
+    return f"{base}.{ns}Z" if ns else f"{base}Z"
+
+
+def _json_value(v: Any) -> str:
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return go_json_float(float(v))
+    raise TypeError(f"unsupported field value {v!r}")
+
+
+# -- the alert node --------------------------------------------------------------------
+def alert_id(rec: ScoredRecord) -> str:
+    return ID_TEMPLATE.format(
+        model=rec.tags.get(contract.MODEL_TAG, NO_VALUE),
+        txn_id=go_print(rec.fields.get(contract.TXN_ID)),
+    )
+
+
+def _template_values(rec: ScoredRecord) -> dict[str, str]:
+    f, t = rec.fields, rec.tags
+    return {
+        "txn_id": go_print(f.get(contract.TXN_ID)),
+        "score": go_print(f.get(contract.SCORE)),
+        "threshold": go_print(f.get(contract.THRESHOLD)),
+        "amount": go_print(f.get("Amount")),
+        "label": go_print(f.get(contract.LABEL)),
+        "model": t.get(contract.MODEL_TAG, NO_VALUE),
+        "model_version": t.get(contract.MODEL_VERSION_TAG, NO_VALUE),
+        "source": t.get(contract.SOURCE_TAG, NO_VALUE),
+    }
+
+
+@dataclass
+class AlertState:
+    """Level history of one alert group (the stream is not grouped: one group)."""
+
+    level: str = "OK"
+    first_triggered_ns: int | None = None
+
+    def update(self, rec: ScoredRecord) -> tuple[str, str, int]:
+        """Feed one point; return (level, previous level, duration ns)."""
+        level = "CRITICAL" if rec.is_anomaly else "OK"
+        previous = self.level
+        if level != "OK" and (previous == "OK" or self.first_triggered_ns is None):
+            self.first_triggered_ns = rec.time_ns
+        duration = 0 if level == "OK" else rec.time_ns - (self.first_triggered_ns or rec.time_ns)
+        self.level = level
+        return level, previous, max(0, duration)
+
+
+def alert_body(
+    rec: ScoredRecord, *, level: str, previous: str, duration_ns: int, measurement: str
+) -> bytes:
+    """The JSON Kapacitor's ``.post()`` sends for this point (compact, Go key order)."""
+    values = _template_values(rec)
+    esc = {k: _html_escape(v) for k, v in values.items()}
+    time_s = rfc3339_nano(rec.time_ns)
+    names = sorted(rec.fields)
+    columns = ["time", *names]
+    row = [json.dumps(time_s), *(_json_value(rec.fields[k]) for k in names)]
+    tags = (
+        "{" + ",".join(f"{json.dumps(k)}:{json.dumps(rec.tags[k])}" for k in sorted(rec.tags)) + "}"
+    )
+    series = (
+        '{"name":' + json.dumps(measurement) + ',"tags":' + tags
+        + ',"columns":' + json.dumps(columns, separators=(",", ":"))
+        + ',"values":[[' + ",".join(row) + "]]}"
+    )  # fmt: skip
+    body = (
+        '{"id":' + json.dumps(alert_id(rec), ensure_ascii=False)
+        + ',"message":' + json.dumps(MESSAGE_TEMPLATE.format(**values), ensure_ascii=False)
+        + ',"details":' + json.dumps(DETAILS_TEMPLATE.format(**esc), ensure_ascii=False)
+        + ',"time":' + json.dumps(time_s)
+        + ',"duration":' + str(int(duration_ns))
+        + ',"level":' + json.dumps(level)
+        + ',"data":{"series":[' + series + "]}"
+        + ',"previousLevel":' + json.dumps(previous)
+        + ',"recoverable":true}'
+    )  # fmt: skip
+    return body.encode("utf-8")
+
+
+def alerts_for(
+    records: Iterable[ScoredRecord], *, model: str, measurement: str = contract.SCORED_MEASUREMENT
+) -> list[tuple[ScoredRecord, bytes]]:
+    """Apply the alert task to scored points in time order; return the posted alerts.
+
+    ``where(lambda: "model" == model AND isPresent("is_anomaly"))`` then
+    ``crit(lambda: "is_anomaly" == TRUE)`` with ``.noRecoveries()``: every critical
+    point is posted; OK points only move the state.
+    """
+    state = AlertState()
+    out = []
+    for rec in sorted(records, key=lambda r: r.time_ns):
+        if rec.tags.get(contract.MODEL_TAG) != model or rec.is_anomaly is None:
+            continue
+        level, previous, duration = state.update(rec)
+        if level == "CRITICAL":
+            body = alert_body(
+                rec, level=level, previous=previous, duration_ns=duration, measurement=measurement
+            )
+            out.append((rec, body))
+    return out

@@ -1,0 +1,186 @@
+"""Stage 5: figures against the labels, the PNG and the JSON report, the printed summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PointOutcome", "format_summary", "quality", "write_json", "write_plot"]
+
+
+@dataclass(frozen=True, slots=True)
+class PointOutcome:
+    """What happened to one replayed point (``alerted``: an alert was accepted by the sink)."""
+
+    txn_id: str
+    time_ns: int
+    score: float | None
+    is_anomaly: bool
+    label: int | None
+    amount: float
+    alerted: bool
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def quality(points: Sequence[PointOutcome]) -> dict[str, Any]:
+    """Precision/recall/F1 of the alerts against the labels, and the fraud amounts."""
+    labelled = [p for p in points if p.label is not None]
+    tp = sum(1 for p in labelled if p.alerted and p.label == 1)
+    fp = sum(1 for p in labelled if p.alerted and p.label == 0)
+    fn = sum(1 for p in labelled if not p.alerted and p.label == 1)
+    tn = len(labelled) - tp - fp - fn
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    caught = float(sum(p.amount for p in labelled if p.alerted and p.label == 1))
+    missed = float(sum(p.amount for p in labelled if not p.alerted and p.label == 1))
+    out: dict[str, Any] = {
+        "labelled_points": len(labelled),
+        "fraud": tp + fn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "fraud_amount_caught": round(caught, 2),
+        "fraud_amount_missed": round(missed, 2),
+        "fraud_amount_caught_frac": _ratio(caught, caught + missed),
+        "review_amount_flagged": round(
+            float(sum(p.amount for p in labelled if p.alerted and p.label == 0)), 2
+        ),
+    }
+    y, s = _scored_arrays(points)
+    if 0 < y.sum() < len(y):
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
+        out["auprc"] = float(average_precision_score(y, s))
+        out["roc_auc"] = float(roc_auc_score(y, s))
+    return out
+
+
+def _scored_arrays(points: Sequence[PointOutcome]) -> tuple[np.ndarray, np.ndarray]:
+    keep = [p for p in points if p.score is not None and p.label is not None]
+    return (
+        np.array([p.label for p in keep], dtype=np.int64),
+        np.array([p.score for p in keep], dtype=np.float64),
+    )
+
+
+def write_plot(points: Sequence[PointOutcome], path: Path, *, threshold: float, title: str) -> Path:
+    """Score timeline (alerts and fraud marked, threshold line) and the PR curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    pts = sorted((p for p in points if p.score is not None), key=lambda p: p.time_ns)
+    fig, (ax, ax_pr) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [2.2, 1]})
+    if pts:
+        t0 = pts[0].time_ns
+        t = np.array([(p.time_ns - t0) / 1e9 for p in pts])
+        s = np.clip(np.array([p.score for p in pts]), 1e-6, 1.0)
+        lab = np.array([p.label == 1 for p in pts])
+        alerted = np.array([p.alerted for p in pts])
+        ax.scatter(t[~lab], s[~lab], s=2, color="0.6", alpha=0.5, lw=0, label="normal")
+        ax.scatter(t[lab], s[lab], s=22, color="C1", marker="o", label="fraud (label)")
+        ax.scatter(
+            t[alerted], s[alerted], s=60, facecolors="none", edgecolors="C3", lw=1.2,
+            label=f"alert ({int(alerted.sum())})",
+        )  # fmt: skip
+        ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3g}")
+        ax.set_yscale("log")
+        ax.set_ylim(1e-6, 1.5)
+        ax.set_xlabel("seconds since the first point")
+    ax.set_ylabel("score (log)")
+    ax.set_title("Score timeline")
+    ax.legend(loc="lower right", fontsize=8, markerscale=1.5)
+    ax.grid(alpha=0.3)
+
+    y, sc = _scored_arrays(points)
+    if 0 < y.sum() < len(y):
+        from sklearn.metrics import average_precision_score
+
+        prec, rec, _ = precision_recall_curve(y, sc)
+        ax_pr.plot(rec, prec, lw=1.5, label=f"AP={average_precision_score(y, sc):.3f}")
+        pred = sc >= threshold
+        tp = int(np.sum(pred & (y == 1)))
+        op_p = tp / pred.sum() if pred.sum() else 0.0
+        op_r = tp / y.sum()
+        ax_pr.plot([op_r], [op_p], "o", color="C3", label=f"threshold: P={op_p:.2f} R={op_r:.2f}")
+        ax_pr.axhline(y.mean(), color="grey", ls=":", lw=1, label=f"chance ({y.mean():.4f})")
+        ax_pr.legend(loc="lower left", fontsize=8)
+    else:
+        ax_pr.text(0.5, 0.5, "no fraud in the replayed points", ha="center", va="center")
+    ax_pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax_pr.set_title("Precision-recall")
+    ax_pr.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return _clean(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(report: dict[str, Any], path: Path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(report), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _money(v: float) -> str:
+    return f"{v:,.2f}"
+
+
+def format_summary(r: dict[str, Any]) -> str:
+    q, rp, al, mdl, data = r["quality"], r["replay"], r["alerts"], r["model"], r["data"]
+    lat = rp.get("latency_ms", {})
+    trained = (
+        f", trained now in {mdl['trained']['fit_seconds']:.1f} s" if mdl.get("trained") else ""
+    )
+    lines = [
+        f"Demo finished in {r['seconds']:.1f} s. Run folder: {r['run_dir']}",
+        f"  data     {data['source']}: replayed the test split, {data['test_rows']:,} rows "
+        f"({data['test_fraud']} fraud){' via InfluxDB ' + r['influx']['url'] if r.get('influx') else ''}",
+        f"  model    {mdl['name']} v{mdl['version']} ({mdl.get('candidate') or mdl['framework']}"
+        f"{trained}), threshold {mdl['threshold']:.4g}",
+        f"  scored   {rp['points']:,} points through the UDF agent, "
+        f"{rp['score_errors']} score errors",
+        f"  alerts   {al['posted']:,} posted to the alert sink (CRITICAL, Kapacitor alert JSON), "
+        f"{al['sink_documents']:,} stored, {al['failed']} failed",
+        f"  quality  precision {q['precision']:.3f}  recall {q['recall']:.3f}  F1 {q['f1']:.3f}  "
+        f"(TP {q['tp']}, FP {q['fp']}, FN {q['fn']})",
+        f"  fraud    caught {_money(q['fraud_amount_caught'])}, missed "
+        f"{_money(q['fraud_amount_missed'])} ({100 * q['fraud_amount_caught_frac']:.1f} % caught)",
+        f"  speed    {rp['throughput']:,.0f} points/s; latency p50 {lat.get('p50', float('nan')):.2f} ms, "
+        f"p99 {lat.get('p99', float('nan')):.2f} ms (point sent -> scored point back)",
+        f"  files    {r['files']['plot']}  {r['files']['json']}  {r['files']['alerts_db']}",
+    ]
+    return "\n".join(lines)
