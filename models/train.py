@@ -214,12 +214,17 @@ def _fit_candidate(
         flush=True,
     )
     shown = {k: v for k, v in params.items() if k != "base_params"}
+    resampling = cand.resampling
     if "base_params" in params:
-        shown["members"] = sorted(params["base_params"]) or "defaults"
+        from .ensembles import ENSEMBLE_MEMBERS
+
+        # members keep their own tuned parameters (defaults when not tuned in this run)
+        shown["members"] = {m: params["base_params"].get(m, "defaults") for m in ENSEMBLE_MEMBERS}
+        resampling = "; ".join(f"{m}: {get_candidate(m).resampling}" for m in ENSEMBLE_MEMBERS)
     result = CandidateResult(
         name=name,
         description=cand.description,
-        resampling=cand.resampling,
+        resampling=resampling,
         params=shown,
         cv_auprc=tuned.best_score,
         fit_seconds=fit_s,
