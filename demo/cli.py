@@ -66,6 +66,8 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     window = e("WINDOW")
     p.add_argument("--window", type=int, default=int(window) if window else None,
                    help="points per task connection (default: all at once; 2 s worth with --rate)")  # fmt: skip
+    p.add_argument("--startup-timeout", type=float, default=float(e("STARTUP_TIMEOUT", "60")),
+                   help="seconds to wait for the agent, the sink and InfluxDB (default %(default)s)")  # fmt: skip
     p.add_argument("--seed", type=int, default=int(e("SEED", "42")), help="split/synthetic seed")
     p.add_argument("--log-level", default=e("LOG_LEVEL", "warning"),
                    choices=["debug", "info", "warning", "error"])  # fmt: skip
@@ -88,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         seed=args.seed,
         threshold=args.threshold,
         window=args.window,
+        startup_timeout=args.startup_timeout,
     )
 
 

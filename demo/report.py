@@ -87,8 +87,7 @@ def write_plot(points: Sequence[PointOutcome], path: Path, *, threshold: float, 
     pts = sorted((p for p in points if p.score is not None), key=lambda p: p.time_ns)
     fig, (ax, ax_pr) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [2.2, 1]})
     if pts:
-        t0 = pts[0].time_ns
-        t = np.array([(p.time_ns - t0) / 1e9 for p in pts])
+        t = np.arange(len(pts))  # replay order (= time order)
         s = np.clip(np.array([p.score for p in pts]), 1e-6, 1.0)
         lab = np.array([p.label == 1 for p in pts])
         alerted = np.array([p.alerted for p in pts])
@@ -101,7 +100,7 @@ def write_plot(points: Sequence[PointOutcome], path: Path, *, threshold: float, 
         ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3g}")
         ax.set_yscale("log")
         ax.set_ylim(1e-6, 1.5)
-        ax.set_xlabel("seconds since the first point")
+        ax.set_xlabel("point, in replay (time) order")
     ax.set_ylabel("score (log)")
     ax.set_title("Score timeline")
     ax.legend(loc="lower right", fontsize=8, markerscale=1.5)

@@ -255,7 +255,7 @@ def run_demo(
             agent = ManagedProcess(
                 "udf_agent",
                 [python, "-m", "udf_agent", "--socket", str(sock), "--registry",
-                 str(registry.root), "--log-level", "warning"],
+                 str(registry.root), "--log-level", "info"],
                 log_path=run_dir / "udf_agent.log",
                 env=env,
                 cwd=PROJECT_ROOT,
@@ -292,7 +292,7 @@ def run_demo(
                 "alert_sink",
                 [python, "-m", "alert_sink", "--host", "127.0.0.1", "--port", str(port),
                  "--store", f"sqlite:{alerts_db}", "--token-file", str(token_file),
-                 "--log-level", "warning"],
+                 "--log-level", "info"],
                 log_path=run_dir / "alert_sink.log",
                 env=env,
                 cwd=PROJECT_ROOT,
@@ -338,8 +338,9 @@ def run_demo(
                      "--database", contract.DATABASE, "--csv", str(test_csv),
                      "--rate", "0", "--count", str(len(test)), "--mode", "sequential",
                      "--batch-size", str(PUBLISH_BATCH), "--source", source,
-                     "--startup-timeout", "15", "--shutdown-timeout", "15",
-                     "--log-level", "warning"],
+                     "--startup-timeout", f"{config.startup_timeout:g}",
+                     "--shutdown-timeout", "15",
+                     "--log-level", "info"],
                     log_path=run_dir / "publisher.log",
                     env=env,
                     cwd=PROJECT_ROOT,
@@ -603,6 +604,7 @@ def run_demo(
                     "alerts_db": str(alerts_db),
                     "logs": [str(agent.log_path), str(sink.log_path)],
                 },
+                "processes": {"udf_agent": agent.pid, "alert_sink": sink.pid},
             }
             write_plot(
                 outcomes,
