@@ -30,6 +30,7 @@ __all__ = [
     "alert_id",
     "alerts_for",
     "go_json_float",
+    "go_json_str",
     "go_print",
     "rfc3339_nano",
 ]
@@ -126,9 +127,23 @@ def rfc3339_nano(t_ns: int) -> str:
     return f"{base}.{ns}Z" if ns else f"{base}Z"
 
 
+def go_json_str(text: str) -> str:
+    """A JSON string as Go's encoding/json writes it (``<``, ``>``, ``&`` escaped)."""
+    return (
+        json.dumps(text, ensure_ascii=False)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
+
+
 def _json_value(v: Any) -> str:
-    if isinstance(v, bool) or v is None or isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, str):
+        return go_json_str(v)
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     if isinstance(v, (float, np.floating)):
@@ -185,24 +200,22 @@ def alert_body(
     time_s = rfc3339_nano(rec.time_ns)
     names = sorted(rec.fields)
     columns = ["time", *names]
-    row = [json.dumps(time_s), *(_json_value(rec.fields[k]) for k in names)]
-    tags = (
-        "{" + ",".join(f"{json.dumps(k)}:{json.dumps(rec.tags[k])}" for k in sorted(rec.tags)) + "}"
-    )
+    row = [go_json_str(time_s), *(_json_value(rec.fields[k]) for k in names)]
+    tags = ",".join(f"{go_json_str(k)}:{go_json_str(rec.tags[k])}" for k in sorted(rec.tags))
     series = (
-        '{"name":' + json.dumps(measurement) + ',"tags":' + tags
-        + ',"columns":' + json.dumps(columns, separators=(",", ":"))
+        '{"name":' + go_json_str(measurement) + ',"tags":{' + tags + "}"
+        + ',"columns":[' + ",".join(go_json_str(c) for c in columns) + "]"
         + ',"values":[[' + ",".join(row) + "]]}"
     )  # fmt: skip
     body = (
-        '{"id":' + json.dumps(alert_id(rec), ensure_ascii=False)
-        + ',"message":' + json.dumps(MESSAGE_TEMPLATE.format(**values), ensure_ascii=False)
-        + ',"details":' + json.dumps(DETAILS_TEMPLATE.format(**esc), ensure_ascii=False)
-        + ',"time":' + json.dumps(time_s)
+        '{"id":' + go_json_str(alert_id(rec))
+        + ',"message":' + go_json_str(MESSAGE_TEMPLATE.format(**values))
+        + ',"details":' + go_json_str(DETAILS_TEMPLATE.format(**esc))
+        + ',"time":' + go_json_str(time_s)
         + ',"duration":' + str(int(duration_ns))
-        + ',"level":' + json.dumps(level)
+        + ',"level":' + go_json_str(level)
         + ',"data":{"series":[' + series + "]}"
-        + ',"previousLevel":' + json.dumps(previous)
+        + ',"previousLevel":' + go_json_str(previous)
         + ',"recoverable":true}'
     )  # fmt: skip
     return body.encode("utf-8")
