@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
         stream=sys.stderr,
     )
+    # werkzeug sets its own logger to INFO when unset; make it follow --log-level.
+    logging.getLogger("werkzeug").setLevel(args.log_level.upper())
     try:
         config = ApiConfig.from_env(
             registry=args.registry,
