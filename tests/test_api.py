@@ -560,3 +560,45 @@ def test_gunicorn_reads_registry_from_env(registry_dir):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0
+
+
+def test_concurrent_requests_during_promotions_all_succeed(registry_dir, estimators):
+    app = create_app(ApiConfig(registry=registry_dir, model=MODEL, reload_interval=0))
+    X, _ = make_data(31, n=8)
+    expected = {v: est.predict_proba(X)[:, 1] for v, est in estimators.items()}
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    failures: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            run_client()
+        except BaseException as exc:  # surfaced by the assertion below
+            failures.append(exc)
+
+    def run_client() -> None:
+        with requests.Session() as s:
+            while not stop.is_set():
+                r = s.post(f"{url}/v1/predict", json=records(X), timeout=10)
+                version = r.json().get("model_version") if r.status_code == 200 else None
+                if version is not None:
+                    scores = [p["score"] for p in r.json()["predictions"]]
+                    # Never a mix: every score comes from the version that is reported.
+                    np.testing.assert_allclose(scores, expected[version], rtol=1e-12)
+                seen.append((r.status_code, version))
+
+    reg = Registry(registry_dir)
+    with serve(app) as url:
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for i in range(10):
+            reg.promote(MODEL, "2" if i % 2 == 0 else "1", "production")
+            time.sleep(0.05)
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert not failures, failures[0]
+    assert seen and {status for status, _ in seen} == {200}
+    assert {version for _, version in seen} == {"1", "2"}
