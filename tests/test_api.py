@@ -539,7 +539,16 @@ def test_gunicorn_reads_registry_from_env(registry_dir):
         "PYTHONPATH": str(REPO_ROOT),
     }
     proc = subprocess.Popen(
-        [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "1", "api:create_app()"],
+        [
+            str(gunicorn),
+            "-c",
+            "python:api.gunicorn_conf",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "api:create_app()",
+        ],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -555,11 +564,14 @@ def test_gunicorn_reads_registry_from_env(registry_dir):
     finally:
         proc.terminate()
         try:
-            proc.communicate(timeout=15)
+            _, err = proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    # api.gunicorn_conf routes the service's own log lines to stderr.
+    assert "event=model_switch model=creditcard alias=production" in err.decode()
+    assert "logger=api.app event=app_created" in err.decode()
 
 
 def test_concurrent_requests_during_promotions_all_succeed(registry_dir, estimators):
