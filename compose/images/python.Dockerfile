@@ -21,6 +21,7 @@ COPY udf_agent ./udf_agent
 COPY publisher ./publisher
 COPY alert_sink ./alert_sink
 COPY api ./api
+COPY demo ./demo
 ARG EXTRAS=""
 RUN pip install --upgrade pip \
  && pip wheel --no-deps --wheel-dir /wheels . \
