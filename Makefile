@@ -8,7 +8,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-fast lint format bench proto smoke env clean
+.PHONY: help venv demo test test-fast lint format bench proto notebooks smoke env clean
 
 help:
 	@echo "make demo     - create the venv if needed and run the end-to-end demo"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint     - ruff check + format check"
 	@echo "make bench    - run the benchmarks in bench/ and print their figures"
 	@echo "make proto    - regenerate the protocol descriptor from udf.proto"
+	@echo "make notebooks- regenerate the notebooks in notebooks/ from their source"
 	@echo "make env      - write .env with random credentials for the compose stack"
 	@echo "make smoke    - query every compose service's health on 127.0.0.1"
 
@@ -51,6 +52,9 @@ bench: venv
 
 proto: venv
 	$(BIN)/python udf_agent/protocol/_generate.py
+
+notebooks: venv
+	$(BIN)/python notebooks/make_notebooks.py
 
 env:
 	$(PYTHON) compose/scripts/make_env.py $(if $(FORCE),--force,)
