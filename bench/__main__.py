@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("only", nargs="*", help=f"benchmarks to run (default all): {', '.join(names)}")
     args = p.parse_args(argv)
-    selected = [n for n in names if not args.only or n in args.only or n.removeprefix("bench_") in args.only]
+    selected = [
+        n for n in names if not args.only or n in args.only or n.removeprefix("bench_") in args.only
+    ]
     failed = []
     for name in selected:
         print(f"\n=== {name} ===", flush=True)

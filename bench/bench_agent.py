@@ -56,8 +56,17 @@ def _register_models(reg: Registry) -> None:
 def _start_agent(tmp: Path, reg: Registry) -> tuple[subprocess.Popen, Path]:
     sock = tmp / "bench.sock"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "udf_agent", "--socket", str(sock), "--registry", str(reg.root),
-         "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "udf_agent",
+            "--socket",
+            str(sock),
+            "--registry",
+            str(reg.root),
+            "--log-level",
+            "warning",
+        ],
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     deadline = time.time() + 60
@@ -77,7 +86,9 @@ def _run(sock: Path, payloads, model: str, n: int, **kw) -> ReplayReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_agent", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.bench_agent", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--points", type=int, default=200_000, help="points per batched run")
     p.add_argument("--baseline-points", type=int, default=20_000, help="points per per-point run")
     p.add_argument("--rate", type=float, default=10_000, help="offered rate for the latency run")
@@ -91,20 +102,36 @@ def main(argv: list[str] | None = None) -> int:
         reg = Registry(tmp / "registry")
         _register_models(reg)
         X, y = _data(20000, seed=1)
-        rows = [dict(zip(contract.FEATURES, r), txn_id=f"t{i}", Class=int(c)) for i, (r, c) in enumerate(zip(X, y))]
+        rows = [
+            dict(zip(contract.FEATURES, r), txn_id=f"t{i}", Class=int(c))
+            for i, (r, c) in enumerate(zip(X, y))
+        ]
         payloads = build_payloads(rows)  # 30 float features + label + txn_id: 31 fields
         proc, sock = _start_agent(tmp, reg)
         try:
             _run(sock, payloads, "lr", 5000)  # warm-up: model load, page cache
-            print(f"{'run':<34}{'points/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'keepalive max ms':>18}")
+            print(
+                f"{'run':<34}{'points/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'keepalive max ms':>18}"
+            )
             for model in ("dummy", "lr", "hgb"):
-                batched = _run(sock, payloads, model, args.points, options={"maxBatch": 512, "maxDelay": "5ms"})
-                per_point = _run(sock, payloads, model, args.baseline_points,
-                                 options={"maxBatch": 1, "maxDelay": "0s"})
-                for label, r in ((f"{model} micro-batched (512, 5ms)", batched),
-                                 (f"{model} per-point baseline", per_point)):
-                    print(f"{label:<34}{r.throughput:>12,.0f}{r.latency_ms['p50']:>10.1f}"
-                          f"{r.latency_ms['p99']:>10.1f}{r.keepalive_rtt_ms.get('max', float('nan')):>18.1f}")
+                batched = _run(
+                    sock, payloads, model, args.points, options={"maxBatch": 512, "maxDelay": "5ms"}
+                )
+                per_point = _run(
+                    sock,
+                    payloads,
+                    model,
+                    args.baseline_points,
+                    options={"maxBatch": 1, "maxDelay": "0s"},
+                )
+                for label, r in (
+                    (f"{model} micro-batched (512, 5ms)", batched),
+                    (f"{model} per-point baseline", per_point),
+                ):
+                    print(
+                        f"{label:<34}{r.throughput:>12,.0f}{r.latency_ms['p50']:>10.1f}"
+                        f"{r.latency_ms['p99']:>10.1f}{r.keepalive_rtt_ms.get('max', float('nan')):>18.1f}"
+                    )
                 ratio = batched.throughput / per_point.throughput
                 print(f"{'  ratio batched / per-point':<34}{ratio:>12.1f}x")
                 results[model] = {
@@ -115,13 +142,24 @@ def main(argv: list[str] | None = None) -> int:
                     "keepalive_rtt_ms_under_full_load": batched.keepalive_rtt_ms,
                 }
             n = int(args.rate * args.rate_seconds)
-            print(f"\nlatency at {args.rate:,.0f} points/s offered ({n:,} points, maxBatch 512, maxDelay 5ms)")
+            print(
+                f"\nlatency at {args.rate:,.0f} points/s offered ({n:,} points, maxBatch 512, maxDelay 5ms)"
+            )
             for model in ("lr", "hgb"):
-                r = _run(sock, payloads, model, n, rate=args.rate, options={"maxBatch": 512, "maxDelay": "5ms"})
+                r = _run(
+                    sock,
+                    payloads,
+                    model,
+                    n,
+                    rate=args.rate,
+                    options={"maxBatch": 512, "maxDelay": "5ms"},
+                )
                 lat = r.latency_ms
-                print(f"  {model:<6} achieved {r.throughput:>9,.0f}/s  p50 {lat['p50']:.2f} ms  "
-                      f"p95 {lat['p95']:.2f} ms  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms  "
-                      f"keepalive max {r.keepalive_rtt_ms.get('max', float('nan')):.2f} ms")
+                print(
+                    f"  {model:<6} achieved {r.throughput:>9,.0f}/s  p50 {lat['p50']:.2f} ms  "
+                    f"p95 {lat['p95']:.2f} ms  p99 {lat['p99']:.2f} ms  max {lat['max']:.2f} ms  "
+                    f"keepalive max {r.keepalive_rtt_ms.get('max', float('nan')):.2f} ms"
+                )
                 results[model][f"latency_at_{int(args.rate)}_pps_ms"] = lat
         finally:
             proc.send_signal(signal.SIGTERM)

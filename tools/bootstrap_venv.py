@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except ImportError:
         pass
-    print("ensurepip is missing (Debian without python3-venv): bootstrapping pip from PyPI", file=sys.stderr)
+    print(
+        "ensurepip is missing (Debian without python3-venv): bootstrapping pip from PyPI",
+        file=sys.stderr,
+    )
     venv.EnvBuilder(with_pip=False).create(target)
     with tempfile.TemporaryDirectory() as tmp:
         wheel = _pip_wheel(Path(tmp))
