@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from agent_helpers import Client, close_clients, register_tiny, req, row_point
 from conftest import free_port, require_module
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from models.registry import Registry
 from udf_agent.protocol import messages as pb
@@ -69,6 +71,21 @@ def _cleanup(served):
     peer.reset()
 
 
+def _backend_samples(srv: AgentServer) -> dict[tuple, float]:
+    """Samples of the agent's udf_agent_backend_* metrics: (name, labels...) -> value."""
+    text = generate_latest(srv.metrics.registry).decode()
+    return {
+        (s.name, *sorted(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        if fam.name.startswith("udf_agent_backend_")
+        for s in fam.samples
+    }
+
+
+def _sample(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, *sorted(labels.items()))]
+
+
 def _send_rows(c: Client, X: np.ndarray) -> None:
     c.send(b"".join(req(point=row_point(row, t=i + 1, txn=f"t{i}")) for i, row in enumerate(X)))
 
@@ -97,6 +114,16 @@ def test_points_scored_through_tf_serving_equal_keras_predictions(
         assert all(p.fieldsBool["is_anomaly"] == (p.fieldsDouble["score"] >= 0.5) for p in got)
         # Micro-batched: a handful of Predict calls for 240 points, not one per point.
         assert 1 <= peer.predict_requests - before <= math.ceil(len(X) / 64) + 4
+        # The backend's own counters reach the agent's Prometheus metrics.
+        m = _backend_samples(srv)
+        who = {"model": bundle.name, "version": "2", "backend": transport}
+        assert _sample(m, "udf_agent_backend_rows_total", **who) == len(X)
+        assert _sample(m, "udf_agent_backend_requests_total", **who) == (
+            peer.predict_requests - before
+        )
+        assert _sample(m, "udf_agent_backend_failed_batches_total", **who) == 0
+        assert _sample(m, "udf_agent_backend_breaker_state", **who, state="closed") == 1
+        assert _sample(m, "udf_agent_backend_breaker_state", **who, state="open") == 0
     finally:
         srv.stop()
 
@@ -127,6 +154,14 @@ def test_stalled_server_points_fall_back_and_keepalives_stay_fast(served, regist
             [p.fieldsDouble["score"] for p in got], fallback.predict_proba(X)[:, 1]
         )
         assert peer.predict_requests >= 1  # TF Serving was really tried first
+        # Two timed-out batches opened the breaker; the third was rejected at once.
+        m = _backend_samples(srv)
+        who = {"model": bundle.name, "version": "2", "backend": "grpc"}
+        assert _sample(m, "udf_agent_backend_failed_batches_total", **who) == 2
+        assert _sample(m, "udf_agent_backend_rejected_batches_total", **who) == 1
+        assert _sample(m, "udf_agent_backend_breaker_opened_total", **who) == 1
+        assert _sample(m, "udf_agent_backend_breaker_state", **who, state="open") == 1
+        assert _sample(m, "udf_agent_backend_rows_total", **who) == 0
     finally:
         peer.stall = 0.0
         srv.stop()

@@ -2,9 +2,59 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from collections.abc import Callable, Iterable
+from typing import Any
 
-__all__ = ["AgentMetrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["AgentMetrics", "BackendStatsCollector"]
+
+#: stats() counters a remote backend may report -> (metric suffix, help)
+_BACKEND_COUNTERS = {
+    "requests": ("requests", "Requests sent to the model server, retries included"),
+    "rows": ("rows", "Rows scored by the model server"),
+    "failures": ("failed_batches", "Batches the model server failed to score"),
+    "retries": ("retries", "Requests retried after a transient failure"),
+    "rejected": ("rejected_batches", "Batches failed fast while the circuit breaker was open"),
+    "breaker_opened": ("breaker_opened", "Times the circuit breaker opened"),
+}
+_BREAKER_STATES = ("closed", "open", "half_open")
+
+
+class BackendStatsCollector(Collector):
+    """Exports the counters of loaded backends that keep their own (``stats()``, e.g. the
+    TF Serving backend: requests, retries, breaker state), read at scrape time."""
+
+    def __init__(self, loaded: Callable[[], Iterable[tuple[str, str, Any]]]) -> None:
+        self._loaded = loaded
+
+    def collect(self):
+        labels = ["model", "version", "backend"]
+        counters = {
+            key: CounterMetricFamily(f"udf_agent_backend_{suffix}", text, labels=labels)
+            for key, (suffix, text) in _BACKEND_COUNTERS.items()
+        }
+        state = GaugeMetricFamily(
+            "udf_agent_backend_breaker_state",
+            "1 for the circuit breaker's current state",
+            labels=[*labels, "state"],
+        )
+        for name, version, backend in self._loaded():
+            stats_fn = getattr(backend, "stats", None)
+            if stats_fn is None:
+                continue
+            stats = stats_fn()
+            values = [name, version, str(stats.get("transport") or type(backend).__name__)]
+            for key, family in counters.items():
+                if key in stats:
+                    family.add_metric(values, float(stats[key]))
+            if "breaker_state" in stats:
+                for s in _BREAKER_STATES:
+                    state.add_metric([*values, s], 1.0 if stats["breaker_state"] == s else 0.0)
+        yield from counters.values()
+        yield state
 
 
 class AgentMetrics:
@@ -74,3 +124,7 @@ class AgentMetrics:
             registry=r,
         )
         self.build = Info("udf_agent_build", "Agent build information", registry=r)
+
+    def watch_backends(self, loaded: Callable[[], Iterable[tuple[str, str, Any]]]) -> None:
+        """Export the stats of the backends ``loaded()`` lists at each scrape."""
+        self.registry.register(BackendStatsCollector(loaded))

@@ -136,6 +136,11 @@ class ModelStore:
                     old.close()
             return b
 
+    def loaded(self) -> list[tuple[str, str, ScoringBackend]]:
+        """(name, version, backend) of every loaded backend, for metrics."""
+        with self._lock:
+            return [(name, version, b) for (name, version, _), b in self._backends.items()]
+
     def _framework(self, name: str, version: str) -> str:
         return self.registry.card(name, version).framework
 

@@ -100,6 +100,7 @@ class AgentServer:
             reload_interval=config.reload_interval,
             metrics=self.metrics,
         )
+        self.metrics.watch_backends(self.store.loaded)
         self._listeners: list[_Listener] = []
         self._threads: list[threading.Thread] = []
         self._connections: dict[int, Connection] = {}
