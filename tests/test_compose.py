@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -341,8 +342,26 @@ def test_model_volumes_are_shared(services):
     for svc in ("model-bootstrap", "jupyter"):
         assert _mounts(services[svc])["/app/models/serving"] == "serving", svc
     assert _mounts(services["tfserving"])["/models"] == "serving"
-    assert _flag(services["api"]["command"], "--bind") == "0.0.0.0:5000"
     assert services["api"]["environment"]["API_REGISTRY"] == registry
+
+
+def test_api_runs_gunicorn_with_the_project_config_on_the_published_port(services):
+    api = services["api"]
+    assert _flag(api["command"], "-c") == "python:api.gunicorn_conf"
+    assert api["command"][-1] == "api:create_app()"
+    # What gunicorn will read: the config module evaluated with the service's environment.
+    env = {k: str(v) for k, v in api["environment"].items()}
+    probe = "import api.gunicorn_conf as c; print(c.bind, c.workers, c.threads, c.worker_class)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={"PATH": os.environ.get("PATH", ""), **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == ["0.0.0.0:5000", "1", "4", "gthread"]
+    assert "127.0.0.1:5000:5000" in api["ports"]
 
 
 def test_tfserving_serves_creditcard_tf_from_the_serving_volume(services):
