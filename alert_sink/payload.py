@@ -30,6 +30,7 @@ from models.contract import (
     THRESHOLD,
     TXN_ID,
 )
+from models.jsontypes import json_type
 
 from .errors import PayloadError
 
@@ -86,25 +87,9 @@ def _require_str(obj: dict, key: str, path: str, *, required: bool) -> str | Non
     value = obj[key]
     if not isinstance(value, str):
         raise PayloadError(
-            f"{path}.{key}" if path else key, f"must be a string, got {_type(value)}"
+            f"{path}.{key}" if path else key, f"must be a string, got {json_type(value)}"
         )
     return value
-
-
-def _type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 def _timestamp(value: str, path: str) -> int:
@@ -133,7 +118,7 @@ def _number(value: Any, path: str, column: str) -> float | None:
     if value is None:
         return None
     if not _is_number(value):
-        raise PayloadError(path, f"column {column!r} must be a number, got {_type(value)}")
+        raise PayloadError(path, f"column {column!r} must be a number, got {json_type(value)}")
     result = float(value)
     if not math.isfinite(result):
         raise PayloadError(path, f"column {column!r} must be finite")
@@ -163,7 +148,7 @@ def parse_alert(body: bytes | str, *, task: str | None = None) -> list[AlertDocu
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadError("", f"body is not valid JSON: {exc}") from None
     if not isinstance(alert, dict):
-        raise PayloadError("", f"body must be a JSON object, got {_type(alert)}")
+        raise PayloadError("", f"body must be a JSON object, got {json_type(alert)}")
 
     alert_id = _require_str(alert, "id", "", required=True)
     if not alert_id:
@@ -183,9 +168,13 @@ def parse_alert(body: bytes | str, *, task: str | None = None) -> list[AlertDocu
         and alert["duration"] is not None
         and not (isinstance(alert["duration"], int) and not isinstance(alert["duration"], bool))
     ):
-        raise PayloadError("duration", f"must be an integer (ns), got {_type(alert['duration'])}")
+        raise PayloadError(
+            "duration", f"must be an integer (ns), got {json_type(alert['duration'])}"
+        )
     if "recoverable" in alert and not isinstance(alert["recoverable"], (bool, type(None))):
-        raise PayloadError("recoverable", f"must be a boolean, got {_type(alert['recoverable'])}")
+        raise PayloadError(
+            "recoverable", f"must be a boolean, got {json_type(alert['recoverable'])}"
+        )
     if task is not None and not task:
         task = None
     task_name = task_from_details(details) or task
@@ -194,12 +183,12 @@ def parse_alert(body: bytes | str, *, task: str | None = None) -> list[AlertDocu
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise PayloadError("data", f"must be an object, got {_type(data)}")
+        raise PayloadError("data", f"must be an object, got {json_type(data)}")
     series_list = data.get("series")
     if series_list is None:
         series_list = []
     if not isinstance(series_list, list):
-        raise PayloadError("data.series", f"must be an array, got {_type(series_list)}")
+        raise PayloadError("data.series", f"must be an array, got {json_type(series_list)}")
 
     base = {
         "alert.id": alert_id,
@@ -210,7 +199,7 @@ def parse_alert(body: bytes | str, *, task: str | None = None) -> list[AlertDocu
     for s_idx, series in enumerate(series_list):
         path = f"data.series[{s_idx}]"
         if not isinstance(series, dict):
-            raise PayloadError(path, f"must be an object, got {_type(series)}")
+            raise PayloadError(path, f"must be an object, got {json_type(series)}")
         name = _require_str(series, "name", path, required=False) or ""
         tags = series.get("tags") or {}
         if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
@@ -221,17 +210,17 @@ def parse_alert(body: bytes | str, *, task: str | None = None) -> list[AlertDocu
         for c_idx, col in enumerate(columns):
             if not isinstance(col, str):
                 raise PayloadError(
-                    f"{path}.columns[{c_idx}]", f"must be a string, got {_type(col)}"
+                    f"{path}.columns[{c_idx}]", f"must be a string, got {json_type(col)}"
                 )
         if len(set(columns)) != len(columns):
             raise PayloadError(f"{path}.columns", "column names must be unique")
         rows = series.get("values") or []
         if not isinstance(rows, list):
-            raise PayloadError(f"{path}.values", f"must be an array, got {_type(rows)}")
+            raise PayloadError(f"{path}.values", f"must be an array, got {json_type(rows)}")
         for r_idx, row in enumerate(rows):
             rpath = f"{path}.values[{r_idx}]"
             if not isinstance(row, list):
-                raise PayloadError(rpath, f"must be an array, got {_type(row)}")
+                raise PayloadError(rpath, f"must be an array, got {json_type(row)}")
             if len(row) != len(columns):
                 raise PayloadError(rpath, f"row has {len(row)} values but {len(columns)} columns")
             fields = dict(zip(columns, row, strict=True))
@@ -275,24 +264,24 @@ def _row_document(
     elif isinstance(row_time, str):
         row_ns = _timestamp(row_time, f"{rpath} column 'time'")
     else:
-        raise PayloadError(rpath, f"column 'time' must be a string, got {_type(row_time)}")
+        raise PayloadError(rpath, f"column 'time' must be a string, got {json_type(row_time)}")
 
     txn_id = fields.get(TXN_ID, tags.get(TXN_ID))
     if txn_id is not None and not isinstance(txn_id, str):
-        raise PayloadError(rpath, f"column {TXN_ID!r} must be a string, got {_type(txn_id)}")
+        raise PayloadError(rpath, f"column {TXN_ID!r} must be a string, got {json_type(txn_id)}")
     label = fields.get(LABEL)
     if label is not None and (
         isinstance(label, bool) or not isinstance(label, (int, float)) or label != int(label)
     ):
-        raise PayloadError(rpath, f"column {LABEL!r} must be an integer, got {_type(label)}")
+        raise PayloadError(rpath, f"column {LABEL!r} must be an integer, got {json_type(label)}")
     model_name = fields.get(MODEL_TAG, tags.get(MODEL_TAG))
     model_version = fields.get(MODEL_VERSION_TAG, tags.get(MODEL_VERSION_TAG))
     source = tags.get(SOURCE_TAG, fields.get(SOURCE_TAG))
     for col, value in ((MODEL_TAG, model_name), (MODEL_VERSION_TAG, model_version)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
-            raise PayloadError(rpath, f"{col!r} must be a string, got {_type(value)}")
+            raise PayloadError(rpath, f"{col!r} must be a string, got {json_type(value)}")
     if source is not None and not isinstance(source, str):
-        raise PayloadError(rpath, f"{SOURCE_TAG!r} must be a string, got {_type(source)}")
+        raise PayloadError(rpath, f"{SOURCE_TAG!r} must be a string, got {json_type(source)}")
 
     doc = {
         "@timestamp": row_time,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from models.contract import TXN_ID
+from models.jsontypes import json_type
 
 from .errors import BadRequest, ValidationFailed
 
@@ -54,23 +55,6 @@ def parse_json(body: bytes) -> Any:
         ) from exc
     except ValueError as exc:  # raised by _reject_constant
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a decoded value's type, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 def _problem(index: int | None, field: str | None, message: str) -> dict[str, Any]:
