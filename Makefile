@@ -16,7 +16,7 @@ help:
 	@echo "make test-fast- skip tests marked slow"
 	@echo "make lint     - ruff check + format check"
 	@echo "make bench    - run the benchmarks in bench/ and print their figures"
-	@echo "make proto    - regenerate the protocol descriptor from udf.proto"
+	@echo "make proto    - regenerate the protocol descriptors from the .proto files"
 	@echo "make notebooks- regenerate the notebooks in notebooks/ from their source"
 	@echo "make env      - write .env with random credentials for the compose stack"
 	@echo "make smoke    - query every compose service's health on 127.0.0.1"
@@ -52,6 +52,7 @@ bench: venv
 
 proto: venv
 	$(BIN)/python udf_agent/protocol/_generate.py
+	$(BIN)/python udf_agent/backends/_generate.py
 
 notebooks: venv
 	$(BIN)/python notebooks/make_notebooks.py

@@ -6,16 +6,9 @@ modules can be imported in the same process without a duplicate-symbol clash.
 
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool
+from udf_agent.protocol.descriptors import message_class, private_pool
 
 from ._tfs_descriptor import SERIALIZED_FILE_DESCRIPTOR_SET
-
-try:  # protobuf >= 4.21
-    from google.protobuf.message_factory import GetMessageClass as _message_class
-except ImportError:  # pragma: no cover - very old runtimes
-    from google.protobuf.message_factory import MessageFactory
-
-    _message_class = MessageFactory().GetPrototype  # type: ignore[assignment]
 
 __all__ = [
     "DT_DOUBLE",
@@ -39,13 +32,11 @@ PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 GET_MODEL_METADATA_METHOD = "/tensorflow.serving.PredictionService/GetModelMetadata"
 SIGNATURE_DEF_MAP_TYPE_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 
-pool = descriptor_pool.DescriptorPool()
-for _file in descriptor_pb2.FileDescriptorSet.FromString(SERIALIZED_FILE_DESCRIPTOR_SET).file:
-    pool.Add(_file)
+pool = private_pool(SERIALIZED_FILE_DESCRIPTOR_SET)
 
 
 def _cls(name: str):
-    return _message_class(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
+    return message_class(pool, f"tensorflow.serving.{name}")
 
 
 TensorProto = _cls("TensorProto")

@@ -6,16 +6,8 @@ Classes live in a private descriptor pool so that another copy of Kapacitor's
 
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool
-
 from ._descriptor import SERIALIZED_FILE_DESCRIPTOR_SET
-
-try:  # protobuf >= 4.21
-    from google.protobuf.message_factory import GetMessageClass as _message_class
-except ImportError:  # pragma: no cover - very old runtimes
-    from google.protobuf.message_factory import MessageFactory
-
-    _message_class = MessageFactory().GetPrototype  # type: ignore[assignment]
+from .descriptors import message_class, private_pool
 
 __all__ = [
     "BATCH",
@@ -48,13 +40,11 @@ __all__ = [
     "pool",
 ]
 
-pool = descriptor_pool.DescriptorPool()
-for _file in descriptor_pb2.FileDescriptorSet.FromString(SERIALIZED_FILE_DESCRIPTOR_SET).file:
-    pool.Add(_file)
+pool = private_pool(SERIALIZED_FILE_DESCRIPTOR_SET)
 
 
 def _cls(name: str):
-    return _message_class(pool.FindMessageTypeByName(f"agent.{name}"))
+    return message_class(pool, f"agent.{name}")
 
 
 InfoRequest = _cls("InfoRequest")
