@@ -60,3 +60,18 @@ def influxdb(tmp_path):
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def tf_served(tmp_path_factory):
+    """A tiny Keras bundle (SavedModel + registry card) served by the in-process TF Serving
+    peer, gRPC and REST; yields ``(bundle, peer)``."""
+    require_module("tensorflow")
+    require_module("tensorflow_serving")
+    from tfserving_peer import TFServingPeer, tiny_bundle
+
+    bundle = tiny_bundle(tmp_path_factory.getbasetemp() / "tf-bundle")
+    peer = TFServingPeer(bundle.serving_dir).start()
+    peer.start_rest()
+    yield bundle, peer
+    peer.stop()

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 from agent_helpers import Client, close_clients, register_tiny, req, row_point
-from conftest import free_port, require_module
+from conftest import free_port
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,16 +24,8 @@ pytestmark = pytest.mark.tf
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    require_module("tensorflow")
-    require_module("tensorflow_serving")
-    from tfserving_peer import TFServingPeer, tiny_bundle
-
-    bundle = tiny_bundle(tmp_path_factory.getbasetemp() / "tf-bundle")
-    peer = TFServingPeer(bundle.serving_dir).start()
-    peer.start_rest()
-    yield bundle, peer
-    peer.stop()
+def served(tf_served):
+    return tf_served
 
 
 @pytest.fixture

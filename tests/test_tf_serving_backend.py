@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import free_port, require_module
+from conftest import free_port
 
 from models.backends import BackendError, load_backend
 from models.registry import ModelCard
@@ -24,22 +24,9 @@ from udf_agent.backends.tfserving import (
 pytestmark = pytest.mark.tf
 
 
-@pytest.fixture(scope="module")
-def _served(tmp_path_factory):
-    require_module("tensorflow")
-    require_module("tensorflow_serving")
-    from tfserving_peer import TFServingPeer, tiny_bundle
-
-    bundle = tiny_bundle(tmp_path_factory.getbasetemp() / "tf-bundle")
-    peer = TFServingPeer(bundle.serving_dir).start()
-    peer.start_rest()
-    yield bundle, peer
-    peer.stop()
-
-
 @pytest.fixture
-def bundle_and_peer(_served):
-    bundle, peer = _served
+def bundle_and_peer(tf_served):
+    bundle, peer = tf_served
     peer.reset()
     yield bundle, peer
     peer.reset()
