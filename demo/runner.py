@@ -64,19 +64,6 @@ def stage(name: str, out: TextIO | None = None) -> Iterator[None]:
     log.info("event=stage_done stage=%r seconds=%.2f", name, time.perf_counter() - t0)
 
 
-def _new_run_dir(out: Path) -> Path:
-    now = _dt.datetime.now()
-    base = Path(out) / f"demo-{now:%Y%m%d-%H%M%S}"
-    for i in range(1, 1000):
-        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise DemoError(f"cannot create a run folder under {out}")
-
-
 class AlertPoster:
     """Posts alert bodies to the sink's webhook from a small thread pool (one HTTP
     session per thread); retries connection errors, 429 and 5xx with backoff."""
@@ -191,9 +178,11 @@ def run_demo(
 
         # -- stage 1: data --------------------------------------------------------------
         with stage("prepare data", out):
+            from models.train import new_run_dir
+
             from .prepare import load_or_prepare_splits
 
-            run_dir = _new_run_dir(config.out)
+            run_dir = new_run_dir(config.out, "demo")
             data_dir = config.data_dir or (tmp / "data" if config.small else Path("data"))
             splits, reused = load_or_prepare_splits(
                 Path(data_dir),
