@@ -173,3 +173,28 @@ def test_agent_refuses_a_socket_in_use(tmp_path, setup):
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_keepalives_stay_fast_while_a_per_point_backlog_is_scored(tmp_path, setup):
+    """One predict_proba per point (.maxBatch(1)) and a backlog of points: CPU-bound
+    scoring must not keep the reading path from answering keepalives (issue: ≤ 100 ms)."""
+    from udf_agent.replay import build_payloads, run_replay
+
+    reg, csv = setup
+    proc, sock = _start_agent(tmp_path, reg)
+    try:
+        rows = pd.read_csv(csv).to_dict("records")
+        report = run_replay(
+            sock,
+            build_payloads(rows),
+            {"model": "creditcard", "maxBatch": "1", "maxDelay": "0s"},
+            n=3000,
+            keepalive_interval=0.02,
+        )
+        assert not report.violations, report.violations
+        assert report.received == 3000
+        assert report.keepalives_answered >= 10  # the backlog lasted a while
+        assert report.keepalive_rtt_ms["max"] < 100, report.keepalive_rtt_ms
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)

@@ -28,6 +28,8 @@ __all__ = ["Connection", "ConnectionConfig"]
 log = logging.getLogger("udf_agent.connection")
 
 RECV_BYTES = 256 * 1024
+#: longest stretch of scoring without letting the reader thread run (seconds)
+YIELD_EVERY = 0.002
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -283,12 +285,20 @@ class Connection:
 
     # -- scoring -------------------------------------------------------------
     def _score_loop(self) -> None:
+        clock = time.perf_counter
+        yielded = clock()
         while True:
             with self._cond:
                 unit = self._next_unit_locked()
                 if unit is None:
                     return
             self._process(unit)
+            # Back-to-back scoring starves the reader thread of the GIL: with .maxBatch(1)
+            # under load, keepalive round trips reached 0.3 s. A voluntary yield every
+            # few ms lets the reader in (measured: max ~6 ms) at no visible throughput cost.
+            if clock() - yielded >= YIELD_EVERY:
+                time.sleep(0)
+                yielded = clock()
 
     def _next_unit_locked(self) -> _Unit | None:
         while True:
