@@ -39,7 +39,7 @@ from .evaluation import (
 )
 from .pipelines import DEFAULT_CANDIDATES, FULL_CANDIDATES, fit_estimator, get_candidate
 from .registry import ModelCard, Registry
-from .tuning import tune
+from .tuning import check_cv, tune
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -246,6 +246,7 @@ def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult
             f"unknown threshold strategy {config.threshold_strategy!r} "
             f"(choose from {', '.join(THRESHOLD_STRATEGIES)})"
         )
+    check_cv(config.cv)
     names = config.candidate_names()
     cands = [get_candidate(n) for n in names]  # fail fast on a typo
     started = time.perf_counter()

@@ -9,6 +9,7 @@ trial goes to ``progress`` (stderr by default).
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import time
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ import numpy as np
 from .errors import TrainingError
 from .pipelines import Candidate, fit_estimator
 
-__all__ = ["TuneResult", "cross_val_ap", "tune"]
+__all__ = ["TuneResult", "check_cv", "cross_val_ap", "tune"]
 
 
 @dataclass
@@ -36,9 +37,16 @@ class TuneResult:
         return sum(1 for t in self.trials if t["state"] == "COMPLETE")
 
 
+def check_cv(cv: int) -> None:
+    """Refuse a fold count cross-validation cannot use (before Optuna would swallow it)."""
+    if isinstance(cv, bool) or not isinstance(cv, numbers.Integral) or cv < 2:
+        raise TrainingError(f"cv must be an integer of at least 2 folds, got {cv!r}")
+
+
 def _folds(y: np.ndarray, cv: int, seed: int):
     from sklearn.model_selection import StratifiedKFold
 
+    check_cv(cv)
     n_pos = int(np.sum(y == 1))
     if n_pos < cv:
         raise TrainingError(f"{n_pos} positives cannot fill {cv} stratified folds; use more rows")

@@ -114,6 +114,17 @@ def test_tune_reports_progress_and_is_reproducible(splits):
     assert runs[0].best_score == max(t["cv_ap"] for t in runs[0].trials)
 
 
+@pytest.mark.parametrize("cv", [1, 0])
+def test_tune_refuses_a_fold_count_below_two(cv, splits):
+    # Optuna would record every trial as failed and quietly keep the defaults
+    X, y = X_y(splits.train)
+    out = io.StringIO()
+    with pytest.raises(TrainingError, match="at least 2 folds"):
+        tune(get_candidate("lr_smote"), X, y, n_trials=2, cv=cv, seed=0, progress=out)
+    with pytest.raises(TrainingError, match="at least 2 folds"):
+        tune(get_candidate("voting"), X, y, n_trials=1, cv=cv, seed=0, progress=out)
+
+
 def test_tune_without_space_keeps_defaults(splits):
     X, y = X_y(splits.train)
     out = io.StringIO()

@@ -100,6 +100,8 @@ def test_bad_options_fail_before_any_work(tmp_path):
         train(TrainConfig(candidates=["nope"], data_dir=str(tmp_path)))
     with pytest.raises(TrainingError, match="unknown threshold strategy"):
         train(TrainConfig(threshold_strategy="youden", data_dir=str(tmp_path)))
+    with pytest.raises(TrainingError, match="at least 2 folds"):
+        train(TrainConfig(cv=1, data_dir=str(tmp_path)))
     assert not list(tmp_path.iterdir())
 
 
