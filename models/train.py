@@ -177,6 +177,9 @@ def _fit_candidate(
     X_tr, y_tr, _ = arrays["train"]
     X_va, y_va, a_va = arrays["validation"]
     X_te, y_te, a_te = arrays["test"]
+    # Stacking and voting search nothing: their members keep the parameters tuned above,
+    # and the CV figure is measured on exactly that ensemble.
+    fixed = {"base_params": dict(base_params)} if cand.ensemble and cand.space is None else None
     tuned = tune(
         cand,
         X_tr,
@@ -186,10 +189,9 @@ def _fit_candidate(
         cv=config.cv,
         seed=config.seed,
         progress=progress,
+        fixed_params=fixed,
     )
     params = dict(tuned.best_params)
-    if cand.ensemble and cand.space is None:
-        params = {"base_params": {k: v for k, v in base_params.items()}}
     est = cand.make(params, seed=config.seed)
     t0 = time.perf_counter()
     fit_estimator(est, X_tr, y_tr, name=name)

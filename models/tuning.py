@@ -88,27 +88,31 @@ def tune(
     cv: int = 3,
     seed: int = 0,
     progress: TextIO | None = None,
+    fixed_params: Mapping[str, Any] | None = None,
 ) -> TuneResult:
     """Search ``candidate.space`` with TPE; returns the best parameters and every trial.
 
-    With no search space or ``n_trials == 0`` the candidate keeps its defaults (scored
-    once by cross-validation when ``n_trials > 0`` so the table still has a CV figure).
+    With no search space or ``n_trials == 0`` nothing is searched: the candidate keeps
+    ``fixed_params`` (its defaults when None), scored once by cross-validation when
+    ``n_trials > 0`` so the table still has a CV figure for the model that is fitted.
     """
     import optuna
 
     out = progress if progress is not None else sys.stderr
     start = time.perf_counter()
     if candidate.space is None or n_trials <= 0:
+        params = dict(fixed_params or {})
         score = math.nan
         if n_trials > 0:
-            score = cross_val_ap(candidate, {}, X, y, cv=cv, seed=seed)
+            score = cross_val_ap(candidate, params, X, y, cv=cv, seed=seed)
             print(
                 f"tune candidate={candidate.name} trial=1/1 state=COMPLETE cv_ap={score:.4f} "
-                f"best={score:.4f} seconds={time.perf_counter() - start:.1f} params=defaults",
+                f"best={score:.4f} seconds={time.perf_counter() - start:.1f} "
+                f"params={'fixed' if params else 'defaults'}",
                 file=out,
                 flush=True,
             )
-        return TuneResult(candidate.name, {}, score, [], time.perf_counter() - start)
+        return TuneResult(candidate.name, params, score, [], time.perf_counter() - start)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(

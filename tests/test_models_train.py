@@ -105,6 +105,34 @@ def test_bad_options_fail_before_any_work(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_ensemble_cv_figure_is_measured_on_the_fitted_members(tmp_path, monkeypatch):
+    import models.tuning
+
+    seen: dict[str, dict] = {}
+
+    def record(candidate, params, X, y, **kw):
+        seen.setdefault(candidate.name, params)
+        return 0.5
+
+    monkeypatch.setattr(models.tuning, "cross_val_ap", record)
+    config = TrainConfig(
+        synthetic_rows=3000,
+        candidates=["voting", "lr_smote"],
+        trials=1,
+        register=False,
+        data_dir=str(tmp_path / "data"),
+        runs_dir=str(tmp_path / "runs"),
+    )
+    result = train(config, progress=io.StringIO())
+    tuned = next(r for r in result.results if r.name == "lr_smote").params
+    assert tuned and seen["voting"] == {"base_params": {"lr_smote": tuned}}
+    voting = next(r for r in result.results if r.name == "voting")
+    assert voting.params["members"]["lr_smote"] == tuned
+    members = dict(voting.estimator.named_estimators_)
+    clf = members["lr_smote"].named_steps["clf"]
+    assert tuned["C"] == clf.C
+
+
 def _cli(*args, cwd, env=None):
     return subprocess.run(
         [sys.executable, "-m", "models", *args],
