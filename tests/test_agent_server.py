@@ -589,3 +589,32 @@ def test_init_request_helper_types():
         pb.BOOL,
         pb.DURATION,
     ]
+
+
+def test_backlog_age_counts_from_when_a_micro_batch_is_complete(tmp_path, registry):
+    """The micro-batching window the task asked for is not backlog: a point held for a
+    .maxDelay() longer than --max-backlog-age is scored, not passed on unscored."""
+    cfg = AgentConfig(
+        socket_path=tmp_path / "window.sock", registry=registry.root, max_backlog_age=0.2
+    )
+    with AgentServer(cfg, registry=registry) as srv:
+        c = Client(srv.config.socket_path)
+        assert c.init({"model": "creditcard", "maxDelay": ("duration", 500_000_000)}).success
+        c.send(req(point=row_point(_rows(1)[0], t=1, txn="held")))
+        (p,) = c.recv_points(1)
+        assert "score_error" not in p.fieldsString
+        assert "score" in p.fieldsDouble
+        # Points that queue behind a slow backend for longer than the age are passed on.
+        register_tiny(registry, "slowmodel", framework="slow")
+        SlowBackend.calls, SlowBackend.delay, SlowBackend.fail = [], 0.5, False
+        s = Client(srv.config.socket_path)
+        assert s.init({"model": "slowmodel", "maxBatch": 1}).success
+        for i, row in enumerate(_rows(3)):
+            s.send(req(point=row_point(row, t=i + 1, txn=f"q{i}")))
+        first, *queued = s.recv_points(3)
+        assert "score" in first.fieldsDouble
+        assert all(
+            p.fieldsString["score_error"].startswith("not scored: waited over 0.2s") for p in queued
+        )
+        assert SlowBackend.calls == [1]
+        assert _metric(srv, "udf_agent_errors_total", {"reason": "backlog_timeout"}) == 2

@@ -50,7 +50,8 @@ class _Unit:
 
     points: list[Any] = field(default_factory=list)
     payloads: list[bytes | None] = field(default_factory=list)
-    since: float = 0.0
+    since: float = 0.0  # first point received
+    ready: float = 0.0  # complete (full, due, or ended): the backlog age counts from here
     begin: bytes | None = None  # raw Response{begin} frame body (batch edges only)
     end: bytes | None = None
 
@@ -198,6 +199,7 @@ class Connection:
                     raise ProtocolError("end batch received without a begin")
                 unit, self._batch = self._batch, None
                 unit.end = body
+                unit.ready = self.config.clock()
                 with self._cond:
                     self._ready.append(unit)
                     self._cond.notify()
@@ -226,6 +228,7 @@ class Connection:
                 unit.payloads.extend(payloads[:room])
                 points, payloads = points[room:], payloads[room:]
                 if len(unit.points) >= max_batch:
+                    unit.ready = self.config.clock()
                     self._ready.append(unit)
                     self._stream = None
             self._cond.notify()
@@ -307,11 +310,12 @@ class Connection:
             stream = self._stream
             if stream is not None and stream.points:
                 due = stream.since + (self.session.options.max_delay if self.session else 0.0)
-                wait = due - self.config.clock()
-                if wait <= 0 or self._closing:
+                now = self.config.clock()
+                if now >= due or self._closing:
+                    stream.ready = min(due, now)
                     self._stream = None
                     return stream
-                self._cond.wait(wait)
+                self._cond.wait(due - now)
                 continue
             if self._closing:
                 return None
@@ -323,7 +327,7 @@ class Connection:
         try:
             if session is None:
                 frames = _unscored_frames(unit.points, unit.payloads, "agent not initialized")
-            elif self.config.clock() - unit.since > self.config.max_backlog_age:
+            elif self.config.clock() - unit.ready > self.config.max_backlog_age:
                 self.metrics.errors.labels("backlog_timeout").inc(n)
                 frames = session.passthrough(
                     unit.points,
@@ -349,6 +353,7 @@ class Connection:
         """Hand every buffered point to the scorer (used before a re-init)."""
         with self._cond:
             if self._stream is not None and self._stream.points:
+                self._stream.ready = self.config.clock()
                 self._ready.append(self._stream)
                 self._stream = None
             self._cond.notify()
@@ -364,6 +369,7 @@ class Connection:
             # An unterminated Kapacitor batch: score its points rather than lose them.
             unit, self._batch = self._batch, None
             unit.begin = None
+            unit.ready = self.config.clock()
             with self._cond:
                 self._ready.append(unit)
         with self._cond:
