@@ -301,7 +301,7 @@ def copy_to_serving(registry: Registry, card: ModelCard, serving_dir: Path) -> P
 
 
 # -- data ------------------------------------------------------------------
-def _splits(args: argparse.Namespace):
+def _splits(args: argparse.Namespace, seed: int):
     """(X_train, y_train, X_val, y_val, X_test, y_test, source) from --csv or synthetic rows;
     the split CSVs are written under ``--data-dir`` (default ``data``) like ``models split``."""
     from . import data as mdata
@@ -312,7 +312,7 @@ def _splits(args: argparse.Namespace):
         getattr(args, "data_dir", None) or "data",
         csv=csv,
         synthetic_rows=int(rows) if rows else None,
-        seed=int(getattr(args, "seed", None) or 42),
+        seed=seed,
     )
     out: list[np.ndarray] = []
     for df in (splits.train, splits.validation, splits.test):
@@ -330,10 +330,11 @@ def cli_train_tf(args: argparse.Namespace) -> int:
 
     registry = Registry(getattr(args, "registry", None))
     name = getattr(args, "name", None) or "creditcard_tf"
-    seed = int(getattr(args, "seed", None) or 42)
+    seed = getattr(args, "seed", None)
+    seed = 42 if seed is None else int(seed)  # --seed 0 is a seed like any other
     epochs = int(getattr(args, "epochs", None) or KerasConfig().epochs)
     serving_dir = Path(getattr(args, "serving_dir", None) or "models/serving")
-    X_tr, y_tr, X_va, y_va, X_te, y_te, source = _splits(args)
+    X_tr, y_tr, X_va, y_va, X_te, y_te, source = _splits(args, seed)
     emit(
         f"train-tf name={name} source={source} train_rows={len(y_tr)} "
         f"val_rows={len(y_va)} test_rows={len(y_te)} positive_rate={y_tr.mean():.4f} epochs={epochs}"

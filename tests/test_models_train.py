@@ -15,8 +15,8 @@ import pytest
 from conftest import require_module
 
 from models.backends import SklearnBackend, load_backend
-from models.contract import FEATURES
-from models.data import X_y, load_split
+from models.contract import FEATURES, TXN_ID
+from models.data import X_y, load_split, make_synthetic, split_stratified
 from models.errors import TrainingError
 from models.registry import Registry
 from models.train import TABLE_COLUMNS, TrainConfig, train
@@ -248,3 +248,27 @@ def test_train_tf_flags_are_the_shared_ones():
     assert COMMANDS[args.command].__name__ == "cmd_train_tf"
     args = build_parser().parse_args(["train", "--promote", "production", "--mlflow"])
     assert args.name == "creditcard" and args.promote == "production" and args.mlflow
+
+
+def test_train_tf_seed_zero_is_used(tmp_path, monkeypatch):
+    import models.tf_keras
+
+    used = {}
+
+    def stop(X_tr, y_tr, X_va, y_va, config, **kw):
+        used["seed"] = config.seed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models.tf_keras, "train_keras", stop)
+    from models.__main__ import build_parser
+
+    args = build_parser().parse_args(
+        ["train-tf", "--synthetic-rows", "3000", "--seed", "0", "--data-dir", str(tmp_path),
+         "--registry", str(tmp_path / "reg"), "--serving-dir", str(tmp_path / "serving")]
+    )  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        models.tf_keras.cli_train_tf(args)
+    assert used["seed"] == 0
+    # the split written is the seed-0 split, not the default seed's
+    seed0 = split_stratified(make_synthetic(3000, seed=0), seed=0).test[TXN_ID]
+    assert load_split(tmp_path / "test.csv")[TXN_ID].tolist() == seed0.tolist()
