@@ -618,3 +618,21 @@ def test_backlog_age_counts_from_when_a_micro_batch_is_complete(tmp_path, regist
         )
         assert SlowBackend.calls == [1]
         assert _metric(srv, "udf_agent_errors_total", {"reason": "backlog_timeout"}) == 2
+
+
+def test_points_received_before_a_re_init_keep_the_old_options(server, registry):
+    register_tiny(registry, "slowmodel", framework="slow")
+    SlowBackend.calls, SlowBackend.delay, SlowBackend.fail = [], 0.5, False
+    c = Client(server.config.socket_path)
+    assert c.init({"model": "slowmodel", "maxBatch": 1, "field": "old"}).success
+    rows = _rows(3)
+    c.send(req(point=row_point(rows[0], t=1, txn="a")))
+    c.send(req(point=row_point(rows[1], t=2, txn="b")))  # queued behind the slow call
+    time.sleep(0.1)
+    assert c.init({"model": "creditcard", "maxBatch": 1, "field": "new"}).success
+    c.send(req(point=row_point(rows[2], t=3, txn="c")))
+    got = c.recv_points(3)
+    assert [p.time for p in got] == [1, 2, 3]
+    assert [p.tags["model"] for p in got] == ["slowmodel", "slowmodel", "creditcard"]
+    assert ["old" in p.fieldsDouble for p in got] == [True, True, False]
+    assert "new" in got[2].fieldsDouble

@@ -54,6 +54,8 @@ class _Unit:
     ready: float = 0.0  # complete (full, due, or ended): the backlog age counts from here
     begin: bytes | None = None  # raw Response{begin} frame body (batch edges only)
     end: bytes | None = None
+    #: options and models in force when the points arrived (a re-init applies to later ones)
+    session: ScoringSession | None = None
 
 
 def _response_frame(resp: Any) -> bytes:
@@ -200,6 +202,7 @@ class Connection:
                 unit, self._batch = self._batch, None
                 unit.end = body
                 unit.ready = self.config.clock()
+                unit.session = self.session
                 with self._cond:
                     self._ready.append(unit)
                     self._cond.notify()
@@ -222,7 +225,7 @@ class Connection:
             while points:
                 unit = self._stream
                 if unit is None:
-                    unit = self._stream = _Unit(since=self.config.clock())
+                    unit = self._stream = _Unit(since=self.config.clock(), session=session)
                 room = max_batch - len(unit.points)
                 unit.points.extend(points[:room])
                 unit.payloads.extend(payloads[:room])
@@ -309,7 +312,7 @@ class Connection:
                 return self._ready.popleft()
             stream = self._stream
             if stream is not None and stream.points:
-                due = stream.since + (self.session.options.max_delay if self.session else 0.0)
+                due = stream.since + stream.session.options.max_delay
                 now = self.config.clock()
                 if now >= due or self._closing:
                     stream.ready = min(due, now)
@@ -322,7 +325,7 @@ class Connection:
             self._cond.wait()
 
     def _process(self, unit: _Unit) -> None:
-        session = self.session
+        session = unit.session
         n = len(unit.points)
         try:
             if session is None:
@@ -370,6 +373,7 @@ class Connection:
             unit, self._batch = self._batch, None
             unit.begin = None
             unit.ready = self.config.clock()
+            unit.session = self.session
             with self._cond:
                 self._ready.append(unit)
         with self._cond:
