@@ -9,6 +9,7 @@ unique string ``txn_id`` per row.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from dataclasses import dataclass
@@ -88,20 +89,28 @@ def load_creditcard_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise DataError(f"{path}: no such file")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # pandas renames a repeated column (V1, V1.1); the raw header names it as written
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
     except pd.errors.EmptyDataError as exc:
         raise SchemaError(f"{path}: file is empty (expected a header {','.join(COLUMNS)})") from exc
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+    except (OSError, UnicodeDecodeError, csv.Error, pd.errors.ParserError) as exc:
         raise SchemaError(f"{path}: cannot parse as CSV: {exc}") from exc
+    _check_unique_columns([c.strip() for c in header], str(path))
     return validate_frame(df, source=str(path))
+
+
+def _check_unique_columns(cols: list[str], source: str) -> None:
+    dupes = sorted({c for c in cols if cols.count(c) > 1})
+    if dupes:
+        raise SchemaError(f"{source}: duplicated columns: {', '.join(dupes)}")
 
 
 def validate_frame(df: pd.DataFrame, *, source: str = "frame") -> pd.DataFrame:
     """Check a raw frame (strings or numbers) against the schema and return it typed."""
     cols = [str(c).strip() for c in df.columns]
     df = df.set_axis(cols, axis=1)
-    dupes = sorted({c for c in cols if cols.count(c) > 1})
-    if dupes:
-        raise SchemaError(f"{source}: duplicated columns: {', '.join(dupes)}")
+    _check_unique_columns(cols, source)
     missing = [c for c in COLUMNS if c not in cols]
     extra = [c for c in cols if c not in COLUMNS and c != TXN_ID]
     if missing or extra:

@@ -130,8 +130,9 @@ def _write(tmp_path, df: pd.DataFrame, name="bad.csv"):
             "column V1 has 1 infinite value(s); first at line 2",
         ),
         (lambda d: d.iloc[:0], "header only, no data rows"),
+        (lambda d: d.rename(columns={"V2": "V1"}), "duplicated columns: V1"),
     ],
-    ids=["missing", "extra", "non-numeric", "nan", "class", "inf", "empty"],
+    ids=["missing", "extra", "non-numeric", "nan", "class", "inf", "empty", "duplicated"],
 )
 def test_schema_errors_say_what_is_wrong(tmp_path, mutate, message):
     path = _write(tmp_path, mutate(make_synthetic(20, seed=0)))
