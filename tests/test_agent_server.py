@@ -26,11 +26,14 @@ from agent_helpers import (
 from prometheus_client import generate_latest
 
 from models import contract
+from models.backends import SklearnBackend, register_backend_kind
 from models.registry import Registry
 from udf_agent.errors import AgentError
+from udf_agent.options import ScoreOptions
 from udf_agent.protocol import messages as pb
 from udf_agent.protocol.codec import FrameDecoder, encode_varint
 from udf_agent.replay import build_payloads, run_replay
+from udf_agent.scoring import ModelStore, ScoringSession
 from udf_agent.server import AgentConfig, AgentServer
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "kapacitor-udf-socket"
@@ -636,3 +639,34 @@ def test_points_received_before_a_re_init_keep_the_old_options(server, registry)
     assert [p.tags["model"] for p in got] == ["slowmodel", "slowmodel", "creditcard"]
     assert ["old" in p.fieldsDouble for p in got] == [True, True, False]
     assert "new" in got[2].fieldsDouble
+
+
+class _ChannelBackend(SklearnBackend):
+    """A backend holding a connection (like TF Serving's channel): unusable once closed."""
+
+    def close(self):
+        self.closed = True
+
+    def score(self, X):
+        if getattr(self, "closed", False):
+            raise RuntimeError("channel closed")
+        return super().score(X)
+
+
+register_backend_kind("channel", _ChannelBackend.from_card)
+
+
+def test_evicting_a_backend_from_the_store_does_not_close_it_under_a_running_task(registry):
+    """The store's LRU order follows loads, not use: the backend of a long-running task
+    is the least recently loaded one, and later loads must not break it."""
+    register_tiny(registry, "first", framework="channel")
+    register_tiny(registry, "second", framework="channel", seed=3)
+    store = ModelStore(registry, max_loaded=1)
+    running = ScoringSession(ScoreOptions(model="first"), store)
+    ScoringSession(ScoreOptions(model="second"), store)  # evicts "first" from the cache
+    assert [name for name, _, _ in store.loaded()] == ["second"]
+    p = row_point(_rows(1)[0], t=1, txn="a")
+    (frame,) = running.score([p], [None])
+    out = pb.Response.FromString(unframe(frame)).point
+    assert "score_error" not in out.fieldsString
+    assert "score" in out.fieldsDouble

@@ -132,8 +132,9 @@ class ModelStore:
             with self._lock:
                 self._backends[key] = b
                 while len(self._backends) > self.max_loaded:
-                    _, old = self._backends.popitem(last=False)
-                    old.close()
+                    # Not closed: the order follows loads, not use, so a running task may
+                    # still score with it; it is released with the last session holding it.
+                    self._backends.popitem(last=False)
             return b
 
     def loaded(self) -> list[tuple[str, str, ScoringBackend]]:
