@@ -8,20 +8,22 @@ Layout (see docs/architecture.md)::
 
 Versions are positive integers kept as strings. Writes are atomic: a version directory
 is built under a temporary name and renamed into place; ``aliases.json`` is replaced
-with ``os.replace``, so a reader never sees a half-written file.
+with ``os.replace``, so a reader never sees a half-written file, and promotions hold a lock
+on the model directory, so concurrent ones never drop each other's aliases.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -399,16 +401,29 @@ class Registry:
             )
         if not alias or not alias.replace("-", "_").isidentifier() or alias.isdigit():
             raise RegistryError(f"invalid alias {alias!r}")
-        aliases = self.aliases(name)
-        previous = aliases.get(alias)
-        aliases[alias] = version
-        _write_json_atomic(self.aliases_path(name), aliases)
+        with self._aliases_lock(name):
+            aliases = self.aliases(name)
+            previous = aliases.get(alias)
+            aliases[alias] = version
+            _write_json_atomic(self.aliases_path(name), aliases)
         log.info(
             "promoted model=%s alias=%s version=%s previous=%s", name, alias, version, previous
         )
         return aliases
 
     # -- helpers -----------------------------------------------------------
+    @contextlib.contextmanager
+    def _aliases_lock(self, name: str) -> Iterator[None]:
+        """Serialise read-modify-writes of aliases.json across threads and processes, so
+        promoting two aliases at once keeps both. The lock is on the model directory
+        itself (flock), so no lock file is left behind."""
+        fd = os.open(self.root / name, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def _version_dirs(self, name: str) -> list[str]:
         d = self.root / name
         return (

@@ -115,6 +115,25 @@ def test_alias_rewrite_is_atomic_under_concurrent_readers(reg):
     assert not [p for p in (reg.root / "creditcard").iterdir() if p.name.startswith(".aliases")]
 
 
+def test_concurrent_promotions_of_different_aliases_keep_each_other(reg):
+    aliases = ("production", "challenger", "staging")
+
+    def promoter(alias):
+        for i in range(150):
+            reg.promote("creditcard", "1" if i % 2 else "2", alias)
+
+    for _ in range(8):
+        threads = [threading.Thread(target=promoter, args=(a,)) for a in aliases]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # each alias ends at its own last write: no promotion overwrote another's alias
+        assert reg.aliases("creditcard") == dict.fromkeys(aliases, "1")
+        reg.promote("creditcard", "2", "production")
+    assert not [p for p in (reg.root / "creditcard").iterdir() if p.name.startswith(".")]
+
+
 def test_failed_alias_write_keeps_previous_file(reg, monkeypatch):
     reg.promote("creditcard", "1", "production")
     before = reg.aliases_path("creditcard").read_bytes()
