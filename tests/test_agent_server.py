@@ -670,3 +670,23 @@ def test_evicting_a_backend_from_the_store_does_not_close_it_under_a_running_tas
     out = pb.Response.FromString(unframe(frame)).point
     assert "score_error" not in out.fieldsString
     assert "score" in out.fieldsDouble
+
+
+def test_fallback_scores_are_judged_by_the_fallback_cards_threshold(server, registry):
+    register_tiny(registry, "slowmodel", framework="slow", threshold=0.9)
+    register_tiny(registry, "local", seed=4, threshold=0.05)
+    SlowBackend.calls, SlowBackend.delay, SlowBackend.fail = [], 0.0, True
+    X = _rows(8, seed=5)
+    for options, threshold in (({}, 0.05), ({"threshold": 0.7}, 0.7)):
+        c = Client(server.config.socket_path)
+        assert c.init(
+            {"model": "slowmodel", "maxBatch": 8, "fallback": "local@production", **options}
+        ).success
+        for i, row in enumerate(X):
+            c.send(req(point=row_point(row, t=i + 1, txn=f"t{i}")))
+        got = c.recv_points(8)
+        assert all(p.tags["model"] == "local" for p in got)
+        assert [p.fieldsDouble["threshold"] for p in got] == [threshold] * 8
+        assert [p.fieldsBool["is_anomaly"] for p in got] == [
+            p.fieldsDouble["score"] >= threshold for p in got
+        ]

@@ -252,8 +252,12 @@ class ScoringSession:
 
     @property
     def threshold(self) -> float:
+        return self._threshold(self.primary)
+
+    def _threshold(self, m: _Model) -> float:
+        """``.threshold()``, else the card of the model that scored (fallback included)."""
         t = self.options.threshold
-        return t if t is not None else self.primary.backend.threshold
+        return t if t is not None else m.backend.threshold
 
     # -- snapshot ------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -356,7 +360,7 @@ class ScoringSession:
         used: _Model,
         challenger_scores: np.ndarray | None,
     ) -> list[bytes]:
-        threshold = self.threshold
+        threshold = self._threshold(used)
         tags = _enc.tag(contract.MODEL_TAG, used.name) + _enc.tag(
             contract.MODEL_VERSION_TAG, used.version
         )
