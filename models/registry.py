@@ -401,6 +401,8 @@ class Registry:
             )
         if not alias or not alias.replace("-", "_").isidentifier() or alias.isdigit():
             raise RegistryError(f"invalid alias {alias!r}")
+        if alias == "latest":  # resolve() reads it as the highest version, never as an alias
+            raise RegistryError("invalid alias 'latest': it always means the newest version")
         with self._aliases_lock(name):
             aliases = self.aliases(name)
             previous = aliases.get(alias)

@@ -86,6 +86,10 @@ def test_promote_and_resolve(reg):
         reg.promote("creditcard", "9")
     with pytest.raises(RegistryError, match="invalid alias"):
         reg.promote("creditcard", "1", "bad alias")
+    # "latest" is reserved: an alias of that name would never be resolved
+    with pytest.raises(RegistryError, match="invalid alias 'latest'"):
+        reg.promote("creditcard", "1", "latest")
+    assert reg.resolve("creditcard", "latest") == "2"
 
 
 def test_alias_rewrite_is_atomic_under_concurrent_readers(reg):
