@@ -315,7 +315,11 @@ class Registry:
                 log.warning("skipping model dir %s: %s", name, exc)
                 continue
             for v in versions:
-                card = self.card(name, v)
+                try:
+                    card = self.card(name, v)
+                except RegistryError as exc:
+                    log.warning("skipping model=%s version=%s: %s", name, v, exc)
+                    continue
                 rows.append(
                     {
                         "name": name,

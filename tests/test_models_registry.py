@@ -56,6 +56,14 @@ def test_register_writes_card_and_markdown(reg):
     assert [r["version"] for r in reg.list()] == ["1", "2"]
 
 
+def test_list_skips_an_unreadable_card_and_keeps_the_others(reg, caplog):
+    (reg.root / "creditcard" / "1" / "model.json").write_text("{truncated")
+    with caplog.at_level("WARNING", logger="models.registry"):
+        rows = reg.list()
+    assert [r["version"] for r in rows] == ["2"]
+    assert "version=1" in caplog.text and "cannot read model card" in caplog.text
+
+
 def test_loader_refuses_modified_artifact(reg, model):
     backend = load_backend(reg, "creditcard", "1")
     np.testing.assert_allclose(
