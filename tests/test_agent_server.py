@@ -690,3 +690,14 @@ def test_fallback_scores_are_judged_by_the_fallback_cards_threshold(server, regi
         assert [p.fieldsBool["is_anomaly"] for p in got] == [
             p.fieldsDouble["score"] >= threshold for p in got
         ]
+
+
+@pytest.mark.parametrize("snapshot", [b'{"options": []}', b'{"options": {"max_batch": 5}}'])
+def test_a_foreign_json_snapshot_is_refused_and_the_connection_lives_on(server, snapshot):
+    c = Client(server.config.socket_path)
+    assert c.init({"model": "creditcard"}).success
+    c.send(req(restore=pb.RestoreRequest(snapshot=snapshot)))
+    r = c.recv_kind("restore").restore
+    assert not r.success and "invalid snapshot" in r.error
+    c.send(req(keepalive=pb.KeepaliveRequest(time=7)))
+    assert c.recv_kind("keepalive").keepalive.time == 7

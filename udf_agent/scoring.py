@@ -273,7 +273,10 @@ class ScoringSession:
         state = json.loads(data.decode())
         if not isinstance(state, dict) or "options" not in state:
             raise ValueError("snapshot is not an agent snapshot (no options)")
-        old = ScoreOptions.from_json(state["options"])
+        try:
+            old = ScoreOptions.from_json(state["options"])
+        except (TypeError, AttributeError) as exc:  # not a dict, or no model
+            raise ValueError(f"snapshot options are not this agent's: {exc}") from exc
         if old != self.options:
             log.info(
                 "restore: options changed since the snapshot; using the new ones task=%s", self.task
