@@ -701,3 +701,19 @@ def test_a_foreign_json_snapshot_is_refused_and_the_connection_lives_on(server, 
     assert not r.success and "invalid snapshot" in r.error
     c.send(req(keepalive=pb.KeepaliveRequest(time=7)))
     assert c.recv_kind("keepalive").keepalive.time == 7
+
+
+def test_hot_reload_reaches_the_fallback_model(server, registry):
+    register_tiny(registry, "slowmodel", framework="slow")
+    SlowBackend.calls, SlowBackend.delay, SlowBackend.fail = [], 0.0, True
+    c = Client(server.config.socket_path)
+    assert c.init(
+        {"model": "slowmodel", "maxBatch": 1, "fallback": "creditcard@production"}
+    ).success
+    c.send(req(point=row_point(_rows(1)[0], t=1, txn="a")))
+    (before,) = c.recv_points(1)
+    card2, _ = register_tiny(registry, "creditcard", seed=5)  # promoted to production
+    c.send(req(point=row_point(_rows(1)[0], t=2, txn="b")))
+    (after,) = c.recv_points(1)
+    assert [p.tags["model"] for p in (before, after)] == ["creditcard", "creditcard"]
+    assert [p.tags["model_version"] for p in (before, after)] == ["1", card2.version]

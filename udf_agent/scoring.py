@@ -297,6 +297,8 @@ class ScoringSession:
         self.primary = self._refresh(self.primary, "model")
         if self.challenger is not None:
             self.challenger = self._refresh(self.challenger, "challenger")
+        if self.fallback is not None:
+            self.fallback = self._refresh(self.fallback, "fallback")
         features = self.primary.backend.feature_names
         n = len(points)
         errors: list[str | None] = [None] * n
