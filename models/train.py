@@ -249,6 +249,8 @@ def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult
             f"(choose from {', '.join(THRESHOLD_STRATEGIES)})"
         )
     check_cv(config.cv)
+    if config.promote and not config.register:
+        raise TrainingError("nothing to promote: --promote needs registration (drop --no-register)")
     names = config.candidate_names()
     cands = [get_candidate(n) for n in names]  # fail fast on a typo
     started = time.perf_counter()

@@ -102,6 +102,8 @@ def test_bad_options_fail_before_any_work(tmp_path):
         train(TrainConfig(threshold_strategy="youden", data_dir=str(tmp_path)))
     with pytest.raises(TrainingError, match="at least 2 folds"):
         train(TrainConfig(cv=1, data_dir=str(tmp_path)))
+    with pytest.raises(TrainingError, match="--promote needs registration"):
+        train(TrainConfig(promote="production", register=False, data_dir=str(tmp_path)))
     assert not list(tmp_path.iterdir())
 
 
