@@ -167,7 +167,6 @@ def new_run_dir(runs_dir: str | os.PathLike[str], prefix: str, *, now=None) -> P
 
 def _fit_candidate(
     name: str,
-    splits: Splits,
     arrays: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     config: TrainConfig,
     base_params: Mapping[str, dict[str, Any]],
@@ -279,7 +278,7 @@ def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult
     base_params: dict[str, dict[str, Any]] = {}
     # Base models first, so stacking and voting reuse their tuned parameters.
     for cand in sorted(cands, key=lambda c: c.ensemble):
-        res, trials = _fit_candidate(cand.name, splits, arrays, config, base_params, progress)
+        res, trials = _fit_candidate(cand.name, arrays, config, base_params, progress)
         if not cand.ensemble:
             base_params[cand.name] = res.params
         results.append(res)
