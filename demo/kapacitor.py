@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: the alert node of tickscripts/templates/fraud_alert.tick
-ID_TEMPLATE = "fraud:{model}:{txn_id}"
+ID_TEMPLATE = "fraud:{model}"  # Kapacitor's id template sees tags, not fields
 MESSAGE_TEMPLATE = (
     "Suspected fraud: txn {txn_id} scored {score} (threshold {threshold}), "
     "amount {amount}, model {model} v{model_version}"
@@ -153,10 +153,7 @@ def _json_value(v: Any) -> str:
 
 # -- the alert node --------------------------------------------------------------------
 def alert_id(rec: ScoredRecord) -> str:
-    return ID_TEMPLATE.format(
-        model=rec.tags.get(contract.MODEL_TAG, NO_VALUE),
-        txn_id=go_print(rec.fields.get(contract.TXN_ID)),
-    )
+    return ID_TEMPLATE.format(model=rec.tags.get(contract.MODEL_TAG, NO_VALUE))
 
 
 def _template_values(rec: ScoredRecord) -> dict[str, str]:

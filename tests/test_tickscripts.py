@@ -330,6 +330,11 @@ MEASUREMENTS = {
 }
 WRITABLE = {contract.SCORED_MEASUREMENT, contract.MODEL_QUALITY_MEASUREMENT}
 TEMPLATE_NAME_RE = re.compile(r'index \.(Fields|Tags) "([^"]+)"')
+# What Kapacitor's alert node hands its .id() template (idInfo); Fields, Level, Time and ID
+# exist only for .message() and .details(), and an id naming them fails at the first alert.
+ID_TEMPLATE_DATA = {"Name", "TaskName", "Group", "Tags", "ServerInfo"}
+TEMPLATE_ACTION_RE = re.compile(r"\{\{(.*?)\}\}")
+TEMPLATE_DATA_RE = re.compile(r'(?<![\w."])\.([A-Za-z_]\w*)')
 LAMBDA_FUNCS = {"if", "float", "int", "max", "min", "abs", "isPresent", "string", "bool"}
 
 
@@ -396,6 +401,15 @@ def check_script(script: Script, *, udfs: set[str]) -> list[str]:
                 problems.append(f"line {node.line}: influxDBOut() must set retentionPolicy")
             if not meas or meas.args[0].value not in WRITABLE:
                 problems.append(f"line {node.line}: influxDBOut() writes an unknown measurement")
+        elif node.name == "alert" and "id" in pmap:
+            for a in pmap["id"].args:
+                for action in TEMPLATE_ACTION_RE.findall(str(a.value)):
+                    for name in TEMPLATE_DATA_RE.findall(action):
+                        if name not in ID_TEMPLATE_DATA:
+                            problems.append(
+                                f"line {a.line}: the alert .id() template cannot use .{name} "
+                                f"(it has only {', '.join(sorted(ID_TEMPLATE_DATA))})"
+                            )
         elif node.name == "join" and "as" in pmap:
             join_aliases |= {a.value for a in pmap["as"].args}
         if "as" in pmap and node.name in ("eval", "sum", "count"):
