@@ -168,12 +168,20 @@ class Publisher:
     # -- producer --------------------------------------------------------------------------
     def _enqueue(self, batch: list[str]) -> None:
         body = ("\n".join(batch) + "\n").encode()
+        give_up_at = None
         while self._fatal is None:
             try:
                 self._queue.put((body, len(batch)), timeout=0.2)
                 return
             except queue.Full:
-                continue  # back-pressure: wait for the sender to catch up
+                pass  # back-pressure: wait for the sender to catch up
+            if self._stop.is_set():
+                # a stop request waits on a full buffer only for the shutdown grace period
+                now = time.monotonic()
+                give_up_at = give_up_at or now + self.config.shutdown_timeout
+                if now >= give_up_at:
+                    self._abort.set()  # the sender stops retrying; the rest is unsent
+                    return
         # a fatal error: nothing more will be written; the points stay counted as unsent
 
     def _timestamp(self) -> int:

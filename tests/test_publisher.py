@@ -406,3 +406,37 @@ def test_database_dropped_mid_run_is_recreated(influxdb, sample_csv):
     _, result = publish(cfg)
     assert result.ok
     assert influxdb.count(M, contract.TXN_ID, db=DB) == 100
+
+
+def _run_in_thread(pub: Publisher) -> tuple[threading.Thread, list]:
+    results: list = []
+    t = threading.Thread(target=lambda: results.append(pub.run()), daemon=True)
+    t.start()
+    return t, results
+
+
+def test_stop_during_an_outage_with_a_full_buffer_ends_within_the_shutdown_timeout(sample_csv):
+    path, _ = sample_csv
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: InfluxDB is down
+    cfg = PublisherConfig(
+        influx_url=url,
+        csv=path,
+        rate=0,
+        batch_size=10,
+        max_pending_batches=1,
+        backoff_initial=0.05,
+        backoff_max=0.2,
+        shutdown_timeout=1.0,
+        create_database=False,
+    )
+    writer = InfluxWriter(url=url, database=DB)
+    pub = Publisher(cfg, samples=load_samples(path, source="s"), writer=writer)
+    t, results = _run_in_thread(pub)
+    time.sleep(0.5)  # the buffer is full and the producer waits on it
+    pub.stop()
+    t.join(10)
+    writer.close()
+    assert not t.is_alive(), "a stop request must not wait for InfluxDB to come back"
+    (result,) = results
+    assert result.written == 0 and result.unsent == result.produced > 0
+    assert not result.ok
