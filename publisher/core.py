@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import PublisherConfig
-from .errors import InfluxRejectedError, InfluxUnavailableError
+from .errors import InfluxRejectedError, InfluxUnavailableError, InfluxWriteError
 from .source import SampleSource
 from .writer import InfluxWriter
 
@@ -110,6 +110,9 @@ class Publisher:
                 if self._fatal is None and self._send(body, n):
                     with self._lock:
                         self._written += n
+            except Exception as exc:  # a dead sender would leave the producer waiting forever
+                log.exception("event=sender_failed error=%r", str(exc))
+                self._fail(f"sender failed: {type(exc).__name__}: {exc}")
             finally:
                 self._queue.task_done()
 
@@ -129,12 +132,12 @@ class Publisher:
                     created = True
                     try:
                         self.writer.ensure_database()
-                    except InfluxUnavailableError:
-                        pass
+                    except InfluxWriteError as create_exc:
+                        # the write's retry reports it (a second 404 stops the run)
+                        log.warning("event=database_create_failed error=%r", str(create_exc))
                     continue
-                self._fatal = str(exc)
                 log.error("event=write_rejected points=%d error=%r", n, str(exc))
-                self._stop.set()
+                self._fail(str(exc))
                 return False
             except InfluxUnavailableError as exc:
                 with self._lock:
@@ -146,6 +149,10 @@ class Publisher:
                     log.error("event=write_abandoned points=%d reason=shutdown_timeout", n)
                     return False
                 delay = min(delay * 2, self.config.backoff_max)
+
+    def _fail(self, error: str) -> None:
+        self._fatal = error
+        self._stop.set()
 
     def _ensure_database(self) -> None:
         """Create the database, waiting up to startup_timeout for InfluxDB to come up."""

@@ -20,6 +20,7 @@ from models import contract
 from publisher import (
     ConfigError,
     DataError,
+    InfluxRejectedError,
     InfluxWriter,
     Publisher,
     PublisherConfig,
@@ -440,3 +441,30 @@ def test_stop_during_an_outage_with_a_full_buffer_ends_within_the_shutdown_timeo
     (result,) = results
     assert result.written == 0 and result.unsent == result.produced > 0
     assert not result.ok
+
+
+class _CreateRefused(InfluxWriter):
+    """A user allowed to write but not to run CREATE DATABASE."""
+
+    def ensure_database(self) -> None:
+        raise InfluxRejectedError(
+            f"create database {self.database!r}: InfluxDB answered 403 (no permission)",
+            status=403,
+        )
+
+
+@pytest.mark.influxdb
+def test_database_that_cannot_be_recreated_stops_the_run_with_the_reason(influxdb, sample_csv):
+    path, _ = sample_csv  # the database does not exist: every write answers 404
+    cfg = PublisherConfig(
+        influx_url=influxdb.url, csv=path, rate=0, batch_size=10, create_database=False
+    )
+    writer = _CreateRefused(url=influxdb.url, database=DB)
+    pub = Publisher(cfg, samples=load_samples(path, source="s"), writer=writer)
+    t, results = _run_in_thread(pub)
+    t.join(15)
+    writer.close()
+    assert not t.is_alive(), "the producer must not wait on a sender that has given up"
+    (result,) = results
+    assert result.written == 0 and not result.ok
+    assert "404" in result.error and "database not found" in result.error
