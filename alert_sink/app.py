@@ -18,7 +18,7 @@ from .config import SinkConfig
 from .errors import PayloadError, SpoolError
 from .es import ElasticsearchTarget
 from .metrics import SinkMetrics
-from .payload import LEVELS, AlertDocument, parse_alert, parse_rfc3339_ns
+from .payload import LEVELS, NS_MAX, NS_MIN, AlertDocument, parse_alert, parse_rfc3339_ns
 from .shipper import Shipper
 from .storage import AlertStore, Spool
 
@@ -219,9 +219,15 @@ def _time_arg(name: str) -> int | None:
     except ValueError:
         pass
     try:
-        return int(float(raw) * 1_000_000_000)
-    except ValueError:
-        raise PayloadError(name, f"must be RFC 3339 or epoch seconds, got {raw!r}") from None
+        seconds = float(raw)
+        ns = int(seconds * 1_000_000_000)  # ValueError for NaN, OverflowError for infinity
+        if not NS_MIN <= ns <= NS_MAX:
+            raise OverflowError
+    except (ValueError, OverflowError):
+        raise PayloadError(
+            name, f"must be RFC 3339 or epoch seconds (years 1677-2262), got {raw!r}"
+        ) from None
+    return ns
 
 
 @alerts_bp.get("/alerts")
@@ -237,7 +243,7 @@ def list_alerts():
     cfg = sink.config
     try:
         limit = _int_arg("limit", cfg.default_page_size, minimum=1, maximum=cfg.max_page_size)
-        offset = _int_arg("offset", 0, minimum=0)
+        offset = _int_arg("offset", 0, minimum=0, maximum=NS_MAX)
         level = request.args.get("level")
         if level is not None:
             level = level.upper()

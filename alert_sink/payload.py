@@ -34,10 +34,12 @@ from models.jsontypes import json_type
 
 from .errors import PayloadError
 
-__all__ = ["LEVELS", "AlertDocument", "parse_alert", "parse_rfc3339_ns"]
+__all__ = ["LEVELS", "NS_MAX", "NS_MIN", "AlertDocument", "parse_alert", "parse_rfc3339_ns"]
 
 LEVELS = ("OK", "INFO", "WARNING", "CRITICAL")
 AMOUNT_FIELD = "Amount"
+# Kapacitor and InfluxDB time is int64 nanoseconds (years 1677-2262); so is the store's column.
+NS_MIN, NS_MAX = -(2**63), 2**63 - 1
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
@@ -57,7 +59,8 @@ class AlertDocument:
 def parse_rfc3339_ns(value: str) -> int:
     """Nanoseconds since the epoch of an RFC 3339 timestamp (nanosecond precision kept).
 
-    Raises ``ValueError`` when ``value`` is not RFC 3339.
+    Raises ``ValueError`` when ``value`` is not RFC 3339 or lies outside the int64
+    nanosecond range.
     """
     m = _RFC3339.match(value)
     if m is None:
@@ -71,8 +74,14 @@ def parse_rfc3339_ns(value: str) -> int:
         sign = 1 if zone[0] == "+" else -1
         hours, minutes = int(zone[1:3]), int(zone[4:6])
         tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
-    dt = datetime(year, month, day, hour, minute, second, tzinfo=tz)
-    return int(dt.timestamp()) * 1_000_000_000 + int(frac)
+    try:
+        dt = datetime(year, month, day, hour, minute, second, tzinfo=tz)
+    except ValueError as exc:
+        raise ValueError(f"not an RFC 3339 timestamp: {value!r} ({exc})") from None
+    ns = int(dt.timestamp()) * 1_000_000_000 + int(frac)
+    if not NS_MIN <= ns <= NS_MAX:
+        raise ValueError(f"{value!r} is outside the int64 nanosecond range (years 1677-2262)")
+    return ns
 
 
 def _is_number(value: Any) -> bool:
@@ -95,8 +104,8 @@ def _require_str(obj: dict, key: str, path: str, *, required: bool) -> str | Non
 def _timestamp(value: str, path: str) -> int:
     try:
         return parse_rfc3339_ns(value)
-    except ValueError:
-        raise PayloadError(path, f"not an RFC 3339 timestamp: {value!r}") from None
+    except ValueError as exc:
+        raise PayloadError(path, str(exc)) from None
 
 
 def task_from_details(details: str | None) -> str | None:

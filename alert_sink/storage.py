@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpoolError
-from .payload import AlertDocument
+from .payload import NS_MAX, NS_MIN, AlertDocument
 
 __all__ = ["AlertStore", "DeadLetter", "Spool", "SpooledItem"]
 
@@ -226,10 +226,12 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     """Raises ValueError on a cursor this service did not produce."""
     padded = cursor + "=" * (-len(cursor) % 4)
     try:
-        ts, rowid = base64.urlsafe_b64decode(padded.encode()).decode().split(":")
-        return int(ts), int(rowid)
+        ts, rowid = (int(part) for part in base64.urlsafe_b64decode(padded).decode().split(":"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"invalid cursor {cursor!r}") from exc
+    if not (NS_MIN <= ts <= NS_MAX and NS_MIN <= rowid <= NS_MAX):  # SQLite integers: int64
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return ts, rowid
 
 
 class AlertStore(_Database):

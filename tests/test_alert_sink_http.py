@@ -15,6 +15,7 @@ from werkzeug.serving import make_server
 
 from alert_sink import SinkConfig, create_app
 from alert_sink.payload import parse_alert
+from alert_sink.storage import encode_cursor
 from models.contract import ALERT_DOC_FIELDS, ALERT_INDEX
 
 TOKEN = "s3cret"
@@ -435,12 +436,27 @@ def test_store_mode_keeps_alerts_queryable(store_sink):
         ({"level": "PANIC"}, "level: must be one of"),
         ({"since": "last week"}, "since: must be RFC 3339 or epoch seconds"),
         ({"cursor": "!!"}, "cursor: invalid cursor"),
+        # Beyond SQLite's int64: refused, not a 500.
+        ({"since": "inf"}, "since: must be RFC 3339 or epoch seconds"),
+        ({"until": "1e200"}, "until: must be RFC 3339 or epoch seconds"),
+        ({"since": "2300-01-01T00:00:00Z"}, "since: must be RFC 3339 or epoch seconds"),
+        ({"offset": str(2**70)}, "offset: must be between 0 and"),
+        ({"cursor": encode_cursor(2**70, 1)}, "cursor: invalid cursor"),
     ],
 )
 def test_store_query_errors(store_sink, params, message):
     r = requests.get(f"{store_sink.url}/alerts", params=params, headers=AUTH, timeout=5)
     assert r.status_code == 400
     assert message in r.json()["error"]
+
+
+def test_store_refuses_a_time_beyond_int64_nanoseconds(store_sink):
+    raw = json.loads(BODIES["00-critical-prev-critical.json"])
+    raw["data"]["series"][0]["values"][0][0] = "2300-01-01T00:00:00Z"
+    r = store_sink.post(json.dumps(raw))
+    assert r.status_code == 400
+    assert "outside the int64 nanosecond range" in r.json()["error"]
+    assert get_alerts(store_sink)["total"] == 0
 
 
 def test_store_mode_requires_token_on_alerts(store_sink):

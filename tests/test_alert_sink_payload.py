@@ -116,6 +116,15 @@ BAD = [
     (_mutate(lambda r: r.pop("id")), "missing required key 'id'"),
     (_mutate(lambda r: r.update(id=5)), "id: must be a string, got number"),
     (_mutate(lambda r: r.update(time="yesterday")), "time: not an RFC 3339 timestamp"),
+    (_mutate(lambda r: r.update(time="2026-02-30T00:00:00Z")), "time: not an RFC 3339 timestamp"),
+    (
+        _mutate(lambda r: _set_row(r, "time", "2300-01-01T00:00:00Z")),
+        "data.series[0].values[0] column 'time': '2300-01-01T00:00:00Z' is outside the int64",
+    ),
+    (
+        _mutate(lambda r: r.update(time="0001-01-01T00:00:00+01:00")),
+        "time: '0001-01-01T00:00:00+01:00' is outside the int64 nanosecond range",
+    ),
     (
         _mutate(lambda r: r.update(level="PANIC")),
         "level: must be one of OK, INFO, WARNING, CRITICAL",
