@@ -94,11 +94,14 @@ def config_from_args(
         if scheme != "sqlite" or not sep or not path:
             raise ConfigError(f"--store must look like sqlite:PATH, got {args.store!r}")
         store_path = Path(path)
+    token = _read_token(args, environ)
+    if token is None:  # also for gunicorn, which builds its config here
+        raise ConfigError("a bearer token is required: --token-file F or ALERT_SINK_TOKEN")
     return SinkConfig(
         es_url=args.es_url or None,
         store_path=store_path,
         spool_path=Path(args.spool),
-        token=_read_token(args, environ),
+        token=token,
         es_username=args.es_username,
         es_password=args.es_password,
         es_index=args.es_index,
@@ -130,8 +133,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
         config = config_from_args(args, environ)
     except ConfigError as exc:
         parser.error(str(exc))
-    if config.token is None:
-        parser.error("a bearer token is required: --token-file F or ALERT_SINK_TOKEN")
 
     from .app import create_app
 

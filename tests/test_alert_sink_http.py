@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import requests
 from es_peer import ElasticsearchPeer, alert_bodies, synthetic_alert
 from werkzeug.serving import make_server
 
-from alert_sink import SinkConfig, create_app
+from alert_sink import ConfigError, SinkConfig, create_app
 from alert_sink.payload import parse_alert
 from alert_sink.storage import encode_cursor
 from models.contract import ALERT_DOC_FIELDS, ALERT_INDEX
@@ -33,7 +34,7 @@ def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> Non
 
 
 class RunningSink:
-    def __init__(self, config: SinkConfig) -> None:
+    def __init__(self, config: SinkConfig | None) -> None:
         self.app = create_app(config)
         self.sink = self.app.extensions["alert_sink"]
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
@@ -457,6 +458,26 @@ def test_store_refuses_a_time_beyond_int64_nanoseconds(store_sink):
     assert r.status_code == 400
     assert "outside the int64 nanosecond range" in r.json()["error"]
     assert get_alerts(store_sink)["total"] == 0
+
+
+def test_app_built_from_the_environment_requires_a_token(tmp_path, monkeypatch):
+    # gunicorn "alert_sink:create_app()" takes its settings from ALERT_SINK_*.
+    for name in [n for n in os.environ if n.startswith("ALERT_SINK_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ALERT_SINK_STORE", f"sqlite:{tmp_path / 'alerts.db'}")
+    with pytest.raises(ConfigError, match="bearer token is required"):
+        create_app()
+    monkeypatch.setenv("ALERT_SINK_TOKEN", "from-env")
+    s = RunningSink(None)
+    try:
+        assert requests.get(f"{s.url}/alerts", timeout=5).status_code == 401
+        assert s.post(synthetic_alert(1), headers=None).status_code == 401
+        ok = {"Authorization": "Bearer from-env"}
+        assert s.post(synthetic_alert(1), headers=ok).status_code == 202
+        r = requests.get(f"{s.url}/alerts", headers=ok, timeout=5)
+        assert r.status_code == 200 and r.json()["total"] == 1
+    finally:
+        s.close()
 
 
 def test_store_mode_requires_token_on_alerts(store_sink):
