@@ -107,6 +107,11 @@ class Shipper:
                 # Disk trouble: keep the thread alive and keep the data where it is.
                 log.error("event=spool_error error=%r", str(exc))
                 self._failed(str(exc))
+            except Exception as exc:
+                # Anything unforeseen (an odd response, a client bug): a dead thread would
+                # silently stop delivery until a restart, so log it and retry the batch.
+                log.exception("event=shipper_error error=%r", str(exc))
+                self._failed(f"{type(exc).__name__}: {exc}")
         log.info("event=shipper_stopped depth=%d", self.spool.depth())
 
     def run_once(self) -> int:

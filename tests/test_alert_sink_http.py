@@ -15,6 +15,7 @@ from es_peer import ElasticsearchPeer, alert_bodies, synthetic_alert
 from werkzeug.serving import make_server
 
 from alert_sink import ConfigError, SinkConfig, create_app
+from alert_sink.es import ElasticsearchTarget
 from alert_sink.payload import parse_alert
 from alert_sink.storage import encode_cursor
 from models.contract import ALERT_DOC_FIELDS, ALERT_INDEX
@@ -34,8 +35,8 @@ def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> Non
 
 
 class RunningSink:
-    def __init__(self, config: SinkConfig | None) -> None:
-        self.app = create_app(config)
+    def __init__(self, config: SinkConfig | None, **kw) -> None:
+        self.app = create_app(config, **kw)
         self.sink = self.app.extensions["alert_sink"]
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.port}"
@@ -279,6 +280,28 @@ def test_restart_of_the_sink_ships_what_was_spooled(tmp_path, peer):
         assert set(peer.docs()) == expected_ids(bodies)
     finally:
         s2.close()
+
+
+def test_shipper_survives_an_unexpected_error(tmp_path, peer):
+    failures = []
+
+    class Flaky(ElasticsearchTarget):
+        def bulk(self, items):
+            if not failures:
+                failures.append(len(items))
+                raise RuntimeError("unforeseen")
+            return super().bulk(items)
+
+    s = RunningSink(es_config(tmp_path, peer.url), target_factory=Flaky)
+    try:
+        bodies = [synthetic_alert(n) for n in range(5)]
+        for b in bodies:
+            assert s.post(b).status_code == 202
+        wait_until(lambda: spool_depth(s) == 0, what="spool drained after the error")
+        assert failures and set(peer.docs()) == expected_ids(bodies)
+        assert s.sink.shipper.state.last_error is None
+    finally:
+        s.close()
 
 
 # -- security and bad input ----------------------------------------------------------------
