@@ -153,12 +153,13 @@ def validate_records(payload: Any, features: Sequence[str], *, max_batch: int) -
         if type(record) is not dict:
             bad = True
             break
+        has_txn_id = TXN_ID in record
         txn_id = record.get(TXN_ID)
-        extra = len(record) - n_features - (TXN_ID in record)
+        extra = len(record) - n_features - has_txn_id
         if extra != 0 or not feature_set.issubset(record.keys()):
             bad = True
             break
-        if txn_id is not None and (type(txn_id) is not str or len(txn_id) > MAX_TXN_ID_LENGTH):
+        if has_txn_id and (type(txn_id) is not str or len(txn_id) > MAX_TXN_ID_LENGTH):
             bad = True
             break
         row = [record[name] for name in features]

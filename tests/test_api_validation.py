@@ -96,6 +96,7 @@ def without(record: dict, key: str) -> dict:
         ({**good_record(), "V2": [1.0]}, {(0, "V2")}, "got array"),
         ({**good_record(), "V2": {"x": 1}}, {(0, "V2")}, "got object"),
         ({**good_record(), "txn_id": 17}, {(0, "txn_id")}, "expected a string"),
+        ({**good_record(), "txn_id": None}, {(0, "txn_id")}, "got null"),
         ({**good_record(), "txn_id": "x" * 257}, {(0, "txn_id")}, "longer than"),
         ([], {(None, None)}, "empty batch"),
         ([good_record()] * (MAX_BATCH + 1), {(None, None)}, f"maximum of {MAX_BATCH}"),
