@@ -280,7 +280,7 @@ def _row_document(
         raise PayloadError(rpath, f"column {TXN_ID!r} must be a string, got {json_type(txn_id)}")
     label = fields.get(LABEL)
     if label is not None and (
-        isinstance(label, bool) or not isinstance(label, (int, float)) or label != int(label)
+        not _is_number(label) or not math.isfinite(label) or label != int(label)
     ):
         raise PayloadError(rpath, f"column {LABEL!r} must be an integer, got {json_type(label)}")
     model_name = fields.get(MODEL_TAG, tags.get(MODEL_TAG))

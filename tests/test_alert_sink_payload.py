@@ -152,6 +152,15 @@ BAD = [
         _mutate(lambda r: _set_row(r, "label", 0.5)),
         "data.series[0].values[0]: column 'label' must be an integer",
     ),
+    # Python's json accepts NaN and Infinity; neither is an integer.
+    (
+        _mutate(lambda r: _set_row(r, "label", 0.125)).replace("0.125", "NaN"),
+        "data.series[0].values[0]: column 'label' must be an integer",
+    ),
+    (
+        _mutate(lambda r: _set_row(r, "label", 0.125)).replace("0.125", "1e400"),
+        "data.series[0].values[0]: column 'label' must be an integer",
+    ),
     (
         _mutate(lambda r: _set_row(r, "time", "noon")),
         "data.series[0].values[0] column 'time': not an RFC 3339 timestamp",
