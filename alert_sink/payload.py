@@ -123,6 +123,33 @@ def task_from_details(details: str | None) -> str | None:
     return task if isinstance(task, str) and task else None
 
 
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _surrogate_path(value: Any, path: str) -> str | None:
+    """Path of the first string (key or value) that UTF-8 cannot encode, else None."""
+    if isinstance(value, str):
+        return path if _not_utf8(value) else None
+    if isinstance(value, dict):
+        children = [(f"{path}.{k}" if path else k, k, v) for k, v in value.items()]
+    elif isinstance(value, list):
+        children = [(f"{path}[{i}]", None, v) for i, v in enumerate(value)]
+    else:
+        return None
+    for here, key, item in children:
+        if key is not None and _not_utf8(key):
+            return here
+        found = _surrogate_path(item, here)
+        if found is not None:
+            return found
+    return None
+
+
 def _number(value: Any, path: str, column: str) -> float | None:
     if value is None:
         return None
@@ -158,6 +185,13 @@ def parse_alert(body: bytes | str, *, task: str | None = None) -> list[AlertDocu
         raise PayloadError("", f"body is not valid JSON: {exc}") from None
     if not isinstance(alert, dict):
         raise PayloadError("", f"body must be a JSON object, got {json_type(alert)}")
+    try:
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"), which no UTF-8 store can hold.
+        json.dumps(alert, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(
+            _surrogate_path(alert, "") or "body", "string holds an unpaired UTF-16 surrogate escape"
+        ) from None
 
     alert_id = _require_str(alert, "id", "", required=True)
     if not alert_id:

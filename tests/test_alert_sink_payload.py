@@ -161,6 +161,15 @@ BAD = [
         _mutate(lambda r: _set_row(r, "label", 0.125)).replace("0.125", "1e400"),
         "data.series[0].values[0]: column 'label' must be an integer",
     ),
+    # A lone surrogate escape decodes but cannot be stored as UTF-8 (nor hashed into the id).
+    (
+        _mutate(lambda r: r.update(message="x")).replace('"x"', '"\\ud800"'),
+        "message: string holds an unpaired UTF-16 surrogate escape",
+    ),
+    (
+        _mutate(lambda r: _set_row(r, "txn_id", "x")).replace('"x"', '"\\udfff"'),
+        "data.series[0].values[0][6]: string holds an unpaired UTF-16 surrogate escape",
+    ),
     (
         _mutate(lambda r: _set_row(r, "time", "noon")),
         "data.series[0].values[0] column 'time': not an RFC 3339 timestamp",
