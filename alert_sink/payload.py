@@ -183,11 +183,15 @@ def parse_alert(body: bytes | str, *, task: str | None = None) -> list[AlertDocu
         alert = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadError("", f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("", "body is nested too deeply") from None
     if not isinstance(alert, dict):
         raise PayloadError("", f"body must be a JSON object, got {json_type(alert)}")
     try:
         # JSON may escape a lone UTF-16 surrogate ("\ud800"), which no UTF-8 store can hold.
         json.dumps(alert, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise PayloadError("", "body is nested too deeply") from None
     except UnicodeEncodeError:
         raise PayloadError(
             _surrogate_path(alert, "") or "body", "string holds an unpaired UTF-16 surrogate escape"

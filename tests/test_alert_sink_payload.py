@@ -113,6 +113,7 @@ BAD = [
     (b"{not json", "body is not valid JSON"),
     (b"[1, 2]", "body must be a JSON object, got array"),
     (b"\xff\xfe", "body is not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "body is nested too deeply"),
     (_mutate(lambda r: r.pop("id")), "missing required key 'id'"),
     (_mutate(lambda r: r.update(id=5)), "id: must be a string, got number"),
     (_mutate(lambda r: r.update(time="yesterday")), "time: not an RFC 3339 timestamp"),
