@@ -288,7 +288,7 @@ def health():
         reachable = sink.target.ping(sink.config.health_timeout)
         state = sink.shipper.state
         body["elasticsearch"] = {
-            "url": sink.config.es_url,
+            "url": sink.target.url,
             "reachable": reachable,
             "index_ready": state.index_ready,
             "last_error": state.last_error,

@@ -5,14 +5,26 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from models.contract import ALERT_INDEX
 
 from .errors import ConfigError
 
-__all__ = ["SinkConfig"]
+__all__ = ["SinkConfig", "redact_url"]
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with the password of any ``user:password@`` part replaced by ``***``."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +82,7 @@ class SinkConfig:
             for f in dataclasses.fields(self)
             if f.name not in ("token", "es_password")
         }
+        shown["es_url"] = redact_url(self.es_url)
         shown["token"] = "***" if self.token else None
         shown["es_password"] = "***" if self.es_password else None
         body = ", ".join(f"{k}={v!r}" for k, v in shown.items())

@@ -17,6 +17,7 @@ from typing import Any
 import elastic_transport
 from elasticsearch import ApiError, Elasticsearch
 
+from .config import redact_url
 from .errors import ElasticsearchError, ElasticsearchUnavailable
 from .storage import SpooledItem
 
@@ -137,7 +138,7 @@ class ElasticsearchTarget:
         compat_version: int = 8,
         client_factory: Callable[..., Elasticsearch] | None = None,
     ) -> None:
-        self.url = url
+        self.url = redact_url(url)  # for logs and /health; the client gets the real one
         self.index = index
         basic_auth = (username, password or "") if username else None
         factory = client_factory or type(

@@ -161,6 +161,22 @@ def test_basic_auth_credentials_are_sent(tmp_path):
         peer.stop()
 
 
+def test_credentials_in_the_url_are_used_but_never_shown(tmp_path, caplog):
+    peer = ElasticsearchPeer(username="elastic", password="pw-in-url").start()
+    url = f"http://elastic:pw-in-url@127.0.0.1:{peer.port}"
+    with caplog.at_level("INFO", logger="alert_sink"):
+        s = RunningSink(es_config(tmp_path, url))
+    try:
+        assert s.post(BODIES["00-critical-prev-critical.json"]).status_code == 202
+        wait_until(lambda: len(peer.docs()) == 1, what="indexed with credentials from the URL")
+        h = requests.get(f"{s.url}/health", timeout=5).json()  # no token needed
+        assert h["elasticsearch"]["url"] == f"http://elastic:***@127.0.0.1:{peer.port}"
+        assert "pw-in-url" not in caplog.text and "elastic:***@" in caplog.text
+    finally:
+        s.close()
+        peer.stop()
+
+
 # -- outages -------------------------------------------------------------------------------
 
 
