@@ -231,6 +231,7 @@ def test_models_list_and_detail(shared_url, session, base_registry):
         ("/v1/models/nosuchmodel", {}),
         (f"/v1/models/{MODEL}", {"version": "42"}),
         ("/v1/models/..", {}),
+        ("/v1/models/" + "m" * 300, {}),  # longer than a file name may be
     ],
 )
 def test_models_unknown_is_404(shared_url, session, path, params):
