@@ -53,14 +53,14 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.add_argument(
         "--es-compat-version",
         type=int,
-        default=int(e("ES_COMPAT_VERSION", "8")),
+        default=e("ES_COMPAT_VERSION", "8"),
         help="REST API compatibility level sent to Elasticsearch (8 works with 8.x and 9.x)",
     )
     p.add_argument(
-        "--max-body-bytes", type=int, default=int(e("MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES)))
+        "--max-body-bytes", type=int, default=e("MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES))
     )
-    p.add_argument("--batch-size", type=int, default=int(e("BATCH_SIZE", "500")))
-    p.add_argument("--backoff-max", type=float, default=float(e("BACKOFF_MAX", "30")))
+    p.add_argument("--batch-size", type=int, default=e("BATCH_SIZE", "500"))
+    p.add_argument("--backoff-max", type=float, default=e("BACKOFF_MAX", "30"))
     p.add_argument(
         "--synchronous",
         choices=["FULL", "NORMAL"],

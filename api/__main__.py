@@ -40,7 +40,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--port",
         type=int,
-        default=int(_env(env, "PORT", "5000")),
+        default=_env(env, "PORT", "5000"),
         help="TCP port (API_PORT); 0 = any",
     )
     p.add_argument(
@@ -59,19 +59,19 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--max-batch",
         type=int,
-        default=int(_env(env, "MAX_BATCH", "1000")),
+        default=_env(env, "MAX_BATCH", "1000"),
         help="most records per request (API_MAX_BATCH)",
     )
     p.add_argument(
         "--reload-interval",
         type=float,
-        default=float(_env(env, "RELOAD_INTERVAL", "0.5")),
+        default=_env(env, "RELOAD_INTERVAL", "0.5"),
         help="seconds between checks of aliases.json (API_RELOAD_INTERVAL)",
     )
     p.add_argument(
         "--cache-size",
         type=int,
-        default=int(_env(env, "CACHE_SIZE", "4")),
+        default=_env(env, "CACHE_SIZE", "4"),
         help="model versions kept loaded for ?version= (API_CACHE_SIZE)",
     )
     p.add_argument(

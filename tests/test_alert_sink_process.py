@@ -185,3 +185,13 @@ def test_store_mode_process_and_cli_errors(tmp_path):
     assert r.returncode == 2 and "exactly one of --es-url" in r.stderr
     r = run("--port", "1", "--store", "mysql:x", env_token=True)
     assert r.returncode == 2 and "sqlite:PATH" in r.stderr
+
+
+def test_a_bad_number_in_the_environment_is_a_usage_error(capsys):
+    from alert_sink.cli import main
+
+    env = {"ALERT_SINK_BATCH_SIZE": "many", "ALERT_SINK_TOKEN": "t"}
+    with pytest.raises(SystemExit) as info:
+        main(["--port", "1", "--store", "sqlite:unused.db"], env)
+    assert info.value.code == 2
+    assert "--batch-size: invalid int value: 'many'" in capsys.readouterr().err

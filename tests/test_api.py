@@ -464,6 +464,16 @@ def test_config_from_env_and_overrides(tmp_path):
         create_app({"colour": "blue"})
 
 
+def test_cli_bad_number_in_the_environment_is_a_usage_error(monkeypatch, capsys):
+    from api.__main__ import main
+
+    monkeypatch.setenv("API_MAX_BATCH", "many")
+    with pytest.raises(SystemExit) as info:
+        main(["--port", "0"])
+    assert info.value.code == 2
+    assert "--max-batch: invalid int value: 'many'" in capsys.readouterr().err
+
+
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
