@@ -201,6 +201,22 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: a model name is a directory name; most filesystems allow 255 bytes
+MAX_NAME_BYTES = 255
+
+
+def _valid_name(name: object) -> bool:
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and not name.startswith(".")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES
+    )
+
+
 class Registry:
     """A model registry rooted at a directory (``models/registry`` by default)."""
 
@@ -219,7 +235,7 @@ class Registry:
         )
 
     def versions(self, name: str) -> list[str]:
-        d = self.root / name
+        d = self._model_dir(name)
         if not d.is_dir():
             raise ModelNotFound(self._unknown_model_message(name))
         vs = [
@@ -230,7 +246,7 @@ class Registry:
         return sorted(vs, key=int)
 
     def aliases_path(self, name: str) -> Path:
-        return self.root / name / ALIASES_FILE
+        return self._model_dir(name) / ALIASES_FILE
 
     def aliases(self, name: str) -> dict[str, str]:
         path = self.aliases_path(name)
@@ -349,9 +365,7 @@ class Registry:
     ) -> ModelCard:
         """Write a new version. ``artifact`` is a path (file or directory, copied) or an
         object (saved with joblib as ``model.joblib``)."""
-        if not name or "/" in name or name.startswith("."):
-            raise RegistryError(f"invalid model name {name!r}")
-        model_dir = self.root / name
+        model_dir = self._model_dir(name, invalid=RegistryError)
         model_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
         try:
@@ -429,6 +443,19 @@ class Registry:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    def _model_dir(self, name: str, invalid: type[RegistryError] = ModelNotFound) -> Path:
+        """The directory of model ``name``. A name that is not one plain path component
+        (a slash, a leading dot, a NUL, longer than a file name may be) could reach
+        outside the registry or fail in the filesystem, so it is refused up front.
+        Reads raise ModelNotFound (an API or a TICKscript may pass any string);
+        register raises RegistryError."""
+        if not _valid_name(name):
+            raise invalid(
+                f"invalid model name {str(name)[:80]!r}: use one path component of at most "
+                f"{MAX_NAME_BYTES} bytes, without '/' and not starting with '.'"
+            )
+        return self.root / name
 
     def _version_dirs(self, name: str) -> list[str]:
         d = self.root / name

@@ -165,3 +165,25 @@ def test_unknown_alias_message_tells_how_to_promote(reg):
         ModelNotFound, match="python -m models promote creditcard VERSION --alias production"
     ):
         reg.resolve("creditcard", "production")
+
+
+@pytest.mark.parametrize("name", ["..", "../registry", "a/b", ".hidden", "a\0b", "m" * 256, ""])
+def test_names_that_are_not_one_directory_are_refused(reg, tmp_path, model, name):
+    # Reads come from TICKscripts and URLs: an outside path is "not found", never a
+    # look at (or an OSError from) the filesystem beyond the registry.
+    (tmp_path / "creditcard").mkdir()  # a sibling of the registry that ".." would reach
+    with pytest.raises(ModelNotFound, match="invalid model name"):
+        reg.card(name)
+    with pytest.raises(ModelNotFound, match="invalid model name"):
+        reg.aliases(name)
+    with pytest.raises(RegistryError, match="invalid model name"):
+        reg.register(name, model[0], features=FEATURES, threshold=0.5)
+    with pytest.raises(RegistryError, match="invalid model name"):
+        reg.promote(name, 1)
+    assert reg.models() == ["creditcard"]
+
+
+def test_a_name_of_255_bytes_is_a_valid_directory(reg, model):
+    name = "é" * 127 + "m"  # 255 bytes in UTF-8
+    card = reg.register(name, model[0], features=FEATURES, threshold=0.5)
+    assert reg.card(name, card.version).name == name

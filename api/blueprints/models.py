@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from flask_smorest import Blueprint
@@ -73,9 +72,6 @@ def get_model(name: str, version: str | None = None):
     else the latest).
     """
     registry = get_state().service.registry
-    # A registry model is one directory: no hidden names, none longer than a file name.
-    if name.startswith(".") or len(os.fsencode(name)) > 255:
-        raise ModelNotFound(f"invalid model name {name[:80]!r}")
     try:
         summary = _summary(registry, name)
         if version is None:
