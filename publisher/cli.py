@@ -57,14 +57,16 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--rate",
         type=float,
-        default=float(_env(env, "RATE", "100")),
+        default=_env(env, "RATE", "100"),
         help="points per second, 0 = as fast as InfluxDB takes them (default %(default)s)",
     )
+    # String defaults from the environment go through argparse's `type`, so a bad
+    # PUBLISHER_* number is a usage error naming the flag, not a traceback.
     count = _env(env, "COUNT")
     p.add_argument(
         "--count",
         type=int,
-        default=int(count) if count else None,
+        default=count or None,
         help="stop after N points (default: run until SIGTERM/SIGINT)",
     )
     p.add_argument(
@@ -76,19 +78,19 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--batch-size",
         type=int,
-        default=int(_env(env, "BATCH_SIZE", "500")),
+        default=_env(env, "BATCH_SIZE", "500"),
         help="points per write request (default %(default)s)",
     )
     p.add_argument(
         "--flush-interval",
         type=float,
-        default=float(_env(env, "FLUSH_INTERVAL", "1.0")),
+        default=_env(env, "FLUSH_INTERVAL", "1.0"),
         help="seconds a partial batch may wait before it is written (default %(default)s)",
     )
     p.add_argument(
         "--jitter",
         type=float,
-        default=float(_env(env, "JITTER", "0")),
+        default=_env(env, "JITTER", "0"),
         help="0..1: random shift of each send time, as a fraction of 1/rate",
     )
     p.add_argument("--username", default=_env(env, "USERNAME"), help="InfluxDB user")
@@ -102,31 +104,31 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--seed",
         type=int,
-        default=int(seed) if seed else None,
+        default=seed or None,
         help="random seed for --mode random",
     )
     p.add_argument(
         "--max-pending-batches",
         type=int,
-        default=int(_env(env, "MAX_PENDING_BATCHES", "20")),
+        default=_env(env, "MAX_PENDING_BATCHES", "20"),
         help="batches buffered while InfluxDB is down before the producer waits",
     )
     p.add_argument(
         "--shutdown-timeout",
         type=float,
-        default=float(_env(env, "SHUTDOWN_TIMEOUT", "30")),
+        default=_env(env, "SHUTDOWN_TIMEOUT", "30"),
         help="seconds to keep retrying unsent points after a stop request",
     )
     p.add_argument(
         "--startup-timeout",
         type=float,
-        default=float(_env(env, "STARTUP_TIMEOUT", "60")),
+        default=_env(env, "STARTUP_TIMEOUT", "60"),
         help="seconds to wait for InfluxDB to answer at start (default %(default)s)",
     )
     p.add_argument(
         "--progress-interval",
         type=float,
-        default=float(_env(env, "PROGRESS_INTERVAL", "5")),
+        default=_env(env, "PROGRESS_INTERVAL", "5"),
         help="seconds between progress log lines (default %(default)s)",
     )
     p.add_argument(

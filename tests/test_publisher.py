@@ -169,6 +169,17 @@ def test_environment_fallbacks():
     assert cfg.rate == 5
 
 
+@pytest.mark.parametrize(
+    "var, flag",
+    [("PUBLISHER_RATE", "--rate"), ("PUBLISHER_COUNT", "--count"), ("PUBLISHER_SEED", "--seed")],
+)
+def test_bad_environment_number_is_a_usage_error_naming_the_flag(var, flag, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser({var: "fast"}).parse_args([])
+    assert exc.value.code == 2
+    assert f"argument {flag}: invalid" in capsys.readouterr().err
+
+
 def test_cli_reports_bad_flag_values(sample_csv):
     path, _ = sample_csv
     r = run_cli("--influx-url", "http://127.0.0.1:1", "--csv", str(path), "--batch-size", "0")
