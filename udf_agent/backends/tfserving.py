@@ -411,16 +411,23 @@ class RestTransport:
                 504: "DEADLINE_EXCEEDED",
             }.get(resp.status_code, "UNKNOWN")
             try:
-                detail = resp.json().get("error", resp.text)
+                body = resp.json()
             except ValueError:
-                detail = resp.text
+                body = None
+            # TF Serving answers {"error": "..."}; a proxy in front may answer anything.
+            detail = body.get("error", resp.text) if isinstance(body, dict) else resp.text
             raise BackendUnavailable(
                 f"{code}: HTTP {resp.status_code}: {str(detail)[:200]}", code=code
             )
         try:
-            return resp.json()
+            body = resp.json()
         except ValueError as exc:
             raise BackendError(f"TF Serving REST answered non-JSON from {url}") from exc
+        if not isinstance(body, dict):
+            raise BackendError(
+                f"TF Serving REST answered a JSON {type(body).__name__}, not an object, from {url}"
+            )
+        return body
 
     def signatures(self, spec: ServingSpec, timeout: float) -> dict[str, dict[str, Any]]:
         body = self._request("GET", self._model_url(spec) + "/metadata", timeout)
