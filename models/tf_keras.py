@@ -246,6 +246,7 @@ def register_keras_model(
     metrics: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
     serving_dir: Path | None = Path("models/serving"),
+    extra: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """Register the model (framework ``tf``, artifact = SavedModel directory) and copy the
     SavedModel to ``serving_dir/<name>/<version>/`` for TF Serving."""
@@ -266,6 +267,7 @@ def register_keras_model(
             metrics=metrics,
             training={"resampling": "class_weight", **dict(training or {})},
             extra={
+                **dict(extra or {}),
                 "serving": serving_section(name, version, len(features)),
                 "keras_file": KERAS_FILE,
             },
@@ -343,9 +345,14 @@ def cli_train_tf(args: argparse.Namespace) -> int:
     model, history = train_keras(X_tr, y_tr, X_va, y_va, config, progress=emit)
     val_scores = predict_proba(model, X_va)
     threshold = best_f1_threshold(y_va, val_scores)
-    metrics = {"validation": _metrics(y_va, val_scores, threshold, X_va)}
+    # Same card layout as `models train`: `metrics` holds the test figures (validation
+    # when there is no test split) and `validation_metrics` the validation ones.
+    validation = _metrics(y_va, val_scores, threshold, X_va)
     if len(y_te):
-        metrics["test"] = _metrics(y_te, predict_proba(model, X_te), threshold, X_te)
+        metrics = _metrics(y_te, predict_proba(model, X_te), threshold, X_te)
+        evaluated_on = "test split (threshold chosen on validation)"
+    else:
+        metrics, evaluated_on = validation, "validation split (no test split)"
     training = {
         "rows": int(len(y_tr)),
         "positive_rate": float(y_tr.mean()),
@@ -366,13 +373,14 @@ def cli_train_tf(args: argparse.Namespace) -> int:
         metrics=metrics,
         training=training,
         serving_dir=serving_dir,
+        extra={"validation_metrics": validation, "evaluated_on": evaluated_on},
     )
     promote = getattr(args, "promote", None)
     if promote:
         registry.promote(name, card.version, promote)
     emit(
         f"registered name={name} version={card.version} threshold={threshold:.4f} "
-        f"val_auprc={metrics['validation'].get('auprc', float('nan')):.4f} "
+        f"val_auprc={validation.get('auprc', float('nan')):.4f} "
         f"serving={serving_dir / name / card.version}" + (f" alias={promote}" if promote else "")
     )
     print(f"{name} {card.version}")

@@ -114,7 +114,14 @@ def test_cli_train_tf_registers_exports_and_promotes(tmp_path, capsys):
     assert card.version == "1" and card.serving["version"] == 1
     assert (serving / "cc_tf" / "1" / "saved_model.pb").is_file()
     assert 0.0 < card.threshold < 1.0
-    assert {"auprc", "precision", "recall", "f1"} <= set(card.metrics["validation"])
+    # the same card layout as `models train`: test figures, validation ones beside them
+    assert {"auprc", "precision", "recall", "f1"} <= set(card.metrics)
+    assert {"auprc", "precision", "recall", "f1"} <= set(card.data["validation_metrics"])
+    assert card.data["evaluated_on"].startswith("test split")
+    capsys.readouterr()
+    assert main(["list", "--registry", str(registry)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("cc_tf"))
+    assert row.split()[5] == format(card.metrics["auprc"], ".4f")  # not "None"
     assert (
         card.data["training"]["rows"] == len(pd.read_csv(data / "train.csv"))
         and card.data["training"]["epochs_run"] <= 2
