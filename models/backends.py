@@ -115,7 +115,17 @@ class SklearnBackend(ScoringBackend):
         return np.asarray(self.estimator.predict_proba(X)[:, self._pos], dtype=np.float64)
 
 
-_KINDS: dict[str, Callable[..., ScoringBackend]] = {"sklearn": SklearnBackend.from_card}
+def _savedmodel(registry: Registry, card: ModelCard, **options: Any) -> ScoringBackend:
+    # Imported on use: TensorFlow is an optional extra.
+    from .tf_keras import SavedModelBackend
+
+    return SavedModelBackend.from_card(registry, card, **options)
+
+
+_KINDS: dict[str, Callable[..., ScoringBackend]] = {
+    "sklearn": SklearnBackend.from_card,
+    "savedmodel": _savedmodel,
+}
 
 
 def register_backend_kind(framework: str, factory: Callable[..., ScoringBackend]) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import BackendError, ScoringBackend
 from .contract import FEATURES
 from .registry import ModelCard, Registry, RegistryError
 
@@ -41,6 +42,7 @@ __all__ = [
     "OUTPUT_NAME",
     "SIGNATURE_NAME",
     "KerasConfig",
+    "SavedModelBackend",
     "best_f1_threshold",
     "build_model",
     "cli_train_tf",
@@ -176,6 +178,42 @@ def predict_proba(model, X: np.ndarray) -> np.ndarray:
     """The model's class-1 probability per row, as float64 ``(n,)``."""
     out = model.predict(np.asarray(X, dtype=np.float32), batch_size=4096, verbose=0)
     return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+class SavedModelBackend(ScoringBackend):
+    """Scores a registered TF model in-process from its checksummed SavedModel, through
+    the same ``serving_default`` signature TF Serving calls. ``models evaluate`` uses it,
+    so evaluating a TF model needs TensorFlow but no TF Serving."""
+
+    kind = "savedmodel"
+
+    def __init__(self, card: ModelCard, signature: Any) -> None:
+        super().__init__(card)
+        self._signature = signature
+        spec = card.serving
+        self._input = next(iter(spec.get("inputs") or {INPUT_NAME: None}))
+        self._output = next(iter(spec.get("outputs") or {OUTPUT_NAME: None}))
+
+    @classmethod
+    def from_card(cls, registry: Registry, card: ModelCard, **options: Any) -> SavedModelBackend:
+        tf = _tf()
+        path = registry.verify(card)
+        name = card.serving.get("signature_name", SIGNATURE_NAME)
+        try:
+            loaded = tf.saved_model.load(str(path))
+            signature = loaded.signatures[name]
+        except KeyError as exc:
+            raise BackendError(f"{path} has no signature {name!r}") from exc
+        except Exception as exc:  # TF raises many types for a damaged SavedModel
+            raise BackendError(f"cannot load {card.name} v{card.version}: {exc}") from exc
+        backend = cls(card, signature)
+        backend._loaded = loaded  # the signature's variables live as long as this object
+        return backend
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        tf = _tf()
+        out = self._signature(**{self._input: tf.constant(np.asarray(X, dtype=np.float32))})
+        return np.asarray(out[self._output].numpy(), dtype=np.float64).reshape(-1)
 
 
 def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:

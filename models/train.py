@@ -440,10 +440,16 @@ def evaluate_registered(
             f"(or pass --test-csv)"
         )
     df = load_split(path)
-    backend = load_backend(registry, name, ref)
-    X = np.ascontiguousarray(df[backend.feature_names].to_numpy(dtype=np.float64))
-    y = df["Class"].to_numpy(dtype=np.int64)
-    scores = backend.score(X)
+    # A TF model is scored in-process from its SavedModel (the agent would call TF Serving).
+    version = registry.resolve(name, ref)  # once, so a moving alias cannot split the two
+    kind = "savedmodel" if registry.card(name, version).framework == "tf" else None
+    backend = load_backend(registry, name, version, kind=kind)
+    try:
+        X = np.ascontiguousarray(df[backend.feature_names].to_numpy(dtype=np.float64))
+        y = df["Class"].to_numpy(dtype=np.int64)
+        scores = backend.score(X)
+    finally:
+        backend.close()
     cost = review_cost if review_cost is not None else backend.card.data.get("review_cost", 5.0)
     metrics = evaluate_scores(
         y, scores, threshold=backend.threshold, amounts=df["Amount"].to_numpy(), review_cost=cost
@@ -464,5 +470,4 @@ def evaluate_registered(
             threshold=backend.threshold,
         )
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    backend.close()
     return metrics, run_dir

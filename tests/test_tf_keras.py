@@ -128,3 +128,15 @@ def test_cli_train_tf_registers_exports_and_promotes(tmp_path, capsys):
     )
     assert json.loads((registry / "cc_tf" / "aliases.json").read_text()) == {"production": "1"}
     assert (data / "train.csv").is_file()
+
+    # `models evaluate` scores the TF model in-process from its SavedModel, on the same
+    # test split, so it reproduces the card's test figures (Keras predict vs signature).
+    argv = ["evaluate", "cc_tf", "--registry", str(registry), "--data-dir", str(data),
+            "--runs-dir", str(tmp_path / "runs"), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["version"] == "1"
+    assert evaluated["rows"] == card.metrics["rows"]
+    for key in ("auprc", "roc_auc", "precision", "recall"):
+        assert evaluated[key] == pytest.approx(card.metrics[key], abs=1e-3), key
+    assert list((tmp_path / "runs").glob("evaluate-cc_tf-v1-*/pr_curve.png"))
