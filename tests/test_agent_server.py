@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -429,6 +430,39 @@ def test_failing_backend_passes_points_on_and_fallback_scores_them(server, regis
         p.tags["model"] == "creditcard" and p.tags["fallback_for"] == "slowmodel" for p in got
     )
     assert _metric(server, "udf_agent_fallback_batches_total") == 1
+
+
+def test_a_failing_backend_is_counted_per_batch_but_not_logged_per_batch(server, registry, caplog):
+    register_tiny(registry, "slowmodel", framework="slow")
+    SlowBackend.calls, SlowBackend.delay, SlowBackend.fail = [], 0.0, True
+    X = _rows(50, seed=22)
+    c = Client(server.config.socket_path)
+    assert c.init({"model": "slowmodel", "maxBatch": 1}).success
+    with caplog.at_level(logging.WARNING, logger="udf_agent.scoring"):
+        for i, row in enumerate(X):
+            c.send(req(point=row_point(row, t=i + 1, txn=f"t{i}")))
+        got = c.recv_points(len(X))
+    assert all("score_error" in p.fieldsString for p in got)  # every point still passed on
+    assert _metric(server, "udf_agent_errors_total", {"reason": "backend_failed"}) == len(X)
+    warnings = [r for r in caplog.records if "scoring failed" in r.getMessage()]
+    assert 1 <= len(warnings) <= 2, [r.getMessage() for r in warnings]
+
+
+def test_warn_throttle_reports_how_many_it_held_back(caplog):
+    from udf_agent.scoring import _WarnThrottle
+
+    now = [0.0]
+    throttle = _WarnThrottle(every=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="udf_agent.scoring"):
+        for t in (0.0, 1.0, 2.0, 3.0, 12.0):
+            now[0] = t
+            throttle.warning("a", "failed %s", t)
+        throttle.warning("b", "other key")  # another key is not held back by "a"
+    assert [r.getMessage() for r in caplog.records] == [
+        "failed 0.0",
+        "failed 12.0 (3 like warnings held back)",
+        "other key",
+    ]
 
 
 def test_many_concurrent_connections_are_independent(server):

@@ -152,6 +152,28 @@ class ModelStore:
             self._backends.clear()
 
 
+class _WarnThrottle:
+    """Logs the first of a run of like warnings, then at most one per ``every`` seconds
+    saying how many were held back. A backend outage fails every micro-batch, hundreds a
+    second; the metrics count each one, the log need not repeat it."""
+
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.every = every
+        self._clock = clock
+        self._seen: dict[Any, tuple[float, int]] = {}  # key -> (last logged, held back)
+
+    def warning(self, key: Any, msg: str, *args: Any) -> None:
+        now = self._clock()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.every:
+            self._seen[key] = (last[0], last[1] + 1)
+            return
+        if last is not None and last[1]:
+            msg, args = msg + " (%d like warnings held back)", (*args, last[1])
+        log.warning(msg, *args)
+        self._seen[key] = (now, 0)
+
+
 @dataclass
 class _Model:
     name: str
@@ -188,6 +210,7 @@ class ScoringSession:
             self.fallback = self._load(name, ref, None, "fallback")
         self._check_features()
         self._set_model_info(self.primary, 1)
+        self._warn = _WarnThrottle()
 
     # -- models ------------------------------------------------------------
     def _load(self, name: str, ref: str, kind: str | None, role: str) -> _Model:
@@ -320,8 +343,11 @@ class ScoringSession:
                 challenger_scores = np.full(n, np.nan)
                 challenger_scores[good] = cs
             except Exception as exc:  # shadow model problems never affect the champion
-                log.warning(
-                    "challenger scoring failed model=%s error=%s", self.challenger.name, exc
+                self._warn.warning(
+                    ("challenger", self.challenger.name, type(exc)),
+                    "challenger scoring failed model=%s error=%s",
+                    self.challenger.name,
+                    exc,
                 )
                 if self.metrics is not None:
                     self.metrics.errors.labels("challenger_failed").inc()
@@ -342,7 +368,12 @@ class ScoringSession:
                     )
             except Exception as exc:  # any backend failure turns into fallback/score_error
                 reason = f"backend {model.name} v{model.version}: {type(exc).__name__}: {exc}"
-                log.warning("scoring failed rows=%d %s", X.shape[0], reason)
+                self._warn.warning(
+                    (model.name, model.version, type(exc)),
+                    "scoring failed rows=%d %s",
+                    X.shape[0],
+                    reason,
+                )
                 if m is not None:
                     m.errors.labels("backend_failed").inc()
                 last_reason = reason[:200]
