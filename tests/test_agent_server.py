@@ -494,6 +494,86 @@ def test_many_concurrent_connections_are_independent(server):
         assert r.added_tags == ["model", "model_version"]
 
 
+def test_replay_on_the_batch_edge_checks_begin_size_and_end(server):
+    X = _rows(230, seed=24)
+    rows = [dict(zip(contract.FEATURES, r), txn_id=f"b{i}", Class=0) for i, r in enumerate(X)]
+    report = run_replay(
+        server.config.batch_socket_path,
+        build_payloads(rows),
+        {"model": "creditcard"},
+        edge="batch",
+        batch_size=50,
+    )
+    assert report.violations == [], report.violations
+    assert report.batches_sent == report.batches_received == 5  # 4 x 50 + 30
+    assert report.received == 230 and report.score_errors == 0
+
+
+class _PeerThatLosesEnds:
+    """A batch UDF that answers info and init, echoes points and begins, drops every end
+    and opens a second batch without closing the first: what the replay must catch."""
+
+    def __init__(self, path: Path) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        from udf_agent.protocol.codec import FrameDecoder, encode_frame
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            dec = FrameDecoder()
+            with conn:
+                while data := conn.recv(1 << 16):
+                    dec.feed(data)
+                    for body in dec.frames():
+                        r, out = pb.Request.FromString(body), pb.Response()
+                        kind = r.WhichOneof("message")
+                        if kind == "info":
+                            out.info.wants = out.info.provides = pb.BATCH
+                            out.info.options["model"].valueTypes.append(pb.STRING)
+                        elif kind == "init":
+                            out.init.success = True
+                        elif kind == "keepalive":
+                            out.keepalive.time = r.keepalive.time
+                        elif kind == "begin":
+                            out.begin.CopyFrom(r.begin)
+                        elif kind == "point":
+                            out.point.CopyFrom(r.point)
+                        else:
+                            continue  # the end is lost
+                        conn.sendall(encode_frame(out.SerializeToString()))
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_replay_reports_a_batch_peer_that_loses_its_end_messages(tmp_path):
+    peer = _PeerThatLosesEnds(tmp_path / "bad.sock")
+    X = _rows(20, seed=25)
+    rows = [dict(zip(contract.FEATURES, r), txn_id=f"e{i}", Class=0) for i, r in enumerate(X)]
+    try:
+        report = run_replay(
+            tmp_path / "bad.sock",
+            build_payloads(rows),
+            {"model": "x"},
+            edge="batch",
+            batch_size=10,
+            close_timeout=2.0,
+        )
+    finally:
+        peer.close()
+    assert report.received == 20 and report.missing == 0  # the points themselves came back
+    assert report.batches_sent == 2 and report.batches_received == 0
+    assert report.framing_errors == ["begin inside an open batch"]
+    assert any("0 of 2 batch(es) came back" in v for v in report.violations)
+
+
 def _assert_healthy(server: AgentServer) -> None:
     c = Client(server.config.socket_path)
     assert c.init({"model": "creditcard", "maxDelay": ("duration", 0)}).success

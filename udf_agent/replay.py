@@ -86,6 +86,10 @@ class ReplayReport:
     added_tags: list[str] = field(default_factory=list)
     error_reasons: dict[str, int] = field(default_factory=dict)
     closed_by_agent: bool = False
+    batches_sent: int = 0
+    batches_received: int = 0
+    framing_error_count: int = 0
+    framing_errors: list[str] = field(default_factory=list)  # the first few
     points: list[ScoredPoint] = field(default_factory=list, repr=False)
 
     @property
@@ -105,6 +109,10 @@ class ReplayReport:
             v.append(f"{self.keepalives_sent - self.keepalives_answered} keepalive(s) unanswered")
         if not self.closed_by_agent:
             v.append("agent did not close the connection after the half-close")
+        if self.framing_error_count:
+            v.append(f"{self.framing_error_count} framing error(s): {self.framing_errors[:3]}")
+        if self.batches_received != self.batches_sent:
+            v.append(f"{self.batches_received} of {self.batches_sent} batch(es) came back")
         return v
 
     def to_json(self) -> dict[str, Any]:
@@ -288,12 +296,25 @@ def run_replay(
     n_payloads = len(payloads)
     expected_source = None
     lock = threading.Lock()
+    # Batch edge: every point must come back inside begin..end, with the begin's size
+    # and the end's tmax telling the truth about the points between them.
+    batch: dict[str, Any] = {"open": False, "size": 0, "count": 0, "tmax": 0}
+
+    def framing(problem: str) -> None:
+        report.framing_error_count += 1
+        if len(report.framing_errors) < 10:
+            report.framing_errors.append(problem)
 
     def on_response(resp: Any) -> None:
         kind = resp.WhichOneof("message")
         now = time.perf_counter()
         if kind == "point":
             p = resp.point
+            if edge == "batch":
+                if not batch["open"]:
+                    framing(f"point t={p.time} outside a batch")
+                batch["count"] += 1
+                batch["tmax"] = max(batch["tmax"], p.time)
             idx = p.time - t0
             if not (0 <= idx < total):
                 report.unexpected += 1
@@ -351,8 +372,21 @@ def run_replay(
         elif kind == "error":
             report.error_responses.append(resp.error.error)
             init_done.set()
-        elif kind in ("begin", "end"):
-            pass
+        elif kind in ("begin", "end") and edge != "batch":
+            framing(f"{kind} response on a stream edge")
+        elif kind == "begin":
+            if batch["open"]:
+                framing("begin inside an open batch")
+            batch.update(open=True, size=resp.begin.size, count=0, tmax=0)
+        elif kind == "end":
+            if not batch["open"]:
+                framing("end without a begin")
+            elif batch["count"] != batch["size"]:
+                framing(f"begin said size={batch['size']}, {batch['count']} point(s) came")
+            elif resp.end.tmax != batch["tmax"]:
+                framing(f"end tmax={resp.end.tmax}, last point t={batch['tmax']}")
+            batch["open"] = False
+            report.batches_received += 1
         else:
             report.error_responses.append(f"unexpected {kind} response")
 
@@ -424,6 +458,7 @@ def run_replay(
                 end.end.name = contract.INPUT_MEASUREMENT
                 end.end.tmax = t0 + sent + k - 1
                 parts.append(_request_frame(end))
+                report.batches_sent += 1
             send_at[sent : sent + k] = time.perf_counter()
             sock.sendall(b"".join(parts))
             sent += k
@@ -499,6 +534,8 @@ def format_report(r: ReplayReport) -> str:
         f"anomalies {r.anomalies}, score errors {r.score_errors} {r.error_reasons or ''}",
         f"added fields {r.added_fields}, added tags {r.added_tags}",
     ]
+    if r.batches_sent:
+        lines.append(f"batches {r.batches_received}/{r.batches_sent} came back whole")
     if r.violations:
         lines.append("PROTOCOL VIOLATIONS: " + "; ".join(r.violations))
     return "\n".join(lines)
