@@ -831,3 +831,36 @@ def test_hot_reload_reaches_the_fallback_model(server, registry):
     (after,) = c.recv_points(1)
     assert [p.tags["model"] for p in (before, after)] == ["creditcard", "creditcard"]
     assert [p.tags["model_version"] for p in (before, after)] == ["1", card2.version]
+
+
+def test_a_connection_accepted_while_stopping_is_closed_not_left_running(
+    tmp_path, registry, monkeypatch
+):
+    import udf_agent.server as server_mod
+
+    accepted, release = threading.Event(), threading.Event()
+    real_connection = server_mod.Connection
+
+    def slow_connection(*args, **kwargs):
+        accepted.set()
+        release.wait(10)  # hold the accept loop between accept() and registration
+        return real_connection(*args, **kwargs)
+
+    monkeypatch.setattr(server_mod, "Connection", slow_connection)
+    srv = AgentServer(
+        AgentConfig(socket_path=tmp_path / "udf.sock", registry=registry.root), registry=registry
+    ).start()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(tmp_path / "udf.sock"))
+    assert accepted.wait(5)
+    stopper = threading.Thread(target=srv.stop, kwargs={"timeout": 10})
+    stopper.start()
+    time.sleep(0.3)  # stop() has listed the (still empty) connections by now
+    release.set()
+    stopper.join(15)
+    client.settimeout(5)
+    try:
+        assert client.recv(1) == b""  # closed by the agent, not served after the stop
+    finally:
+        client.close()
+    assert srv.connection_count == 0

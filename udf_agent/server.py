@@ -152,6 +152,13 @@ class AgentServer:
                 target=self._serve, args=(conn,), name=f"udf-conn-{cid}", daemon=True
             )
             with self._lock:
+                # stop() sets the flag before it takes this lock to list connections, so a
+                # connection accepted in between is either listed there or closed here,
+                # never left running unflushed while the store closes.
+                if self._stopping.is_set():
+                    log.info("conn=%d accepted while stopping; closed", cid)
+                    sock.close()
+                    return
                 self._connections[cid] = conn
                 self._threads.append(t)
             self.metrics.connections.inc()
