@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models import registry as _registry
-from models.backends import BackendError, ScoringBackend, load_backend
+from models.backends import BackendError, ScoringBackend, load_local_backend
 from models.registry import Registry, RegistryError
 
 from .config import ApiConfig
@@ -52,7 +52,7 @@ class LoadFailure:
 
 
 def _default_loader(registry: Registry, name: str, ref: str) -> ScoringBackend:
-    return load_backend(registry, name, ref)
+    return load_local_backend(registry, name, ref)
 
 
 class ModelService:

@@ -23,6 +23,7 @@ __all__ = [
     "SklearnBackend",
     "backend_kinds",
     "load_backend",
+    "load_local_backend",
     "register_backend_kind",
 ]
 
@@ -131,6 +132,17 @@ _KINDS: dict[str, Callable[..., ScoringBackend]] = {
 def register_backend_kind(framework: str, factory: Callable[..., ScoringBackend]) -> None:
     """Make ``load_backend`` build ``factory(registry, card, **options)`` for a framework."""
     _KINDS[framework] = factory
+
+
+def load_local_backend(
+    registry: Registry, name: str, ref: str | int = "production"
+) -> ScoringBackend:
+    """The backend that scores ``name@ref`` in this process: the joblib estimator of a
+    scikit-learn model, the SavedModel of a TF model (needs the tf extra; the UDF agent
+    sends TF models to TF Serving instead)."""
+    version = registry.resolve(name, ref)  # once, so a moving alias cannot split the two
+    kind = "savedmodel" if registry.card(name, version).framework == "tf" else None
+    return load_backend(registry, name, version, kind=kind)
 
 
 def backend_kinds() -> list[str]:

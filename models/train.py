@@ -431,7 +431,7 @@ def evaluate_registered(
     runs_dir: str | os.PathLike[str] = "runs",
 ) -> tuple[dict[str, Any], Path]:
     """Score a split file with a registered model at its card threshold; write plots."""
-    from .backends import load_backend
+    from .backends import load_local_backend
 
     path = Path(test_csv)
     if not path.is_file():
@@ -440,10 +440,7 @@ def evaluate_registered(
             f"(or pass --test-csv)"
         )
     df = load_split(path)
-    # A TF model is scored in-process from its SavedModel (the agent would call TF Serving).
-    version = registry.resolve(name, ref)  # once, so a moving alias cannot split the two
-    kind = "savedmodel" if registry.card(name, version).framework == "tf" else None
-    backend = load_backend(registry, name, version, kind=kind)
+    backend = load_local_backend(registry, name, ref)
     try:
         X = np.ascontiguousarray(df[backend.feature_names].to_numpy(dtype=np.float64))
         y = df["Class"].to_numpy(dtype=np.int64)

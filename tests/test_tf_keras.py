@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -140,3 +141,40 @@ def test_cli_train_tf_registers_exports_and_promotes(tmp_path, capsys):
     for key in ("auprc", "roc_auc", "precision", "recall"):
         assert evaluated[key] == pytest.approx(card.metrics[key], abs=1e-3), key
     assert list((tmp_path / "runs").glob("evaluate-cc_tf-v1-*/pr_curve.png"))
+
+
+def test_api_serves_a_tf_production_model_from_its_saved_model(bundle):
+    # The REST API scores a TF model in-process (tf extra), with the same numbers as Keras.
+    import requests
+    from werkzeug.serving import make_server
+
+    from api import create_app
+    from api.config import ApiConfig
+    from models.contract import FEATURES
+
+    app = create_app(ApiConfig(registry=bundle.registry.root, model=bundle.name))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    X = bundle.X_test[:25]
+    body = [dict(zip(FEATURES, row, strict=True)) for row in X.tolist()]
+    try:
+        r = requests.post(
+            f"http://127.0.0.1:{server.server_port}/v1/predict", json=body, timeout=30
+        )
+        assert r.status_code == 200, r.text
+        data = r.json()
+        v1 = requests.post(
+            f"http://127.0.0.1:{server.server_port}/v1/predict",
+            params={"version": "1"},
+            json=body[:3],
+            timeout=30,
+        ).json()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (data["model"], data["model_version"]) == (bundle.name, "2")
+    scores = [p["score"] for p in data["predictions"]]
+    np.testing.assert_allclose(scores, bundle.keras_scores("2", X), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        [p["score"] for p in v1["predictions"]], bundle.keras_scores("1", X[:3]), rtol=1e-5
+    )
