@@ -3,9 +3,11 @@ machine when it is missing, but fail under CI (CI=true), where .ci/run installs 
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import socket
+import threading
 
 import numpy as np
 import pytest
@@ -75,3 +77,40 @@ def tf_served(tmp_path_factory):
     peer.start_rest()
     yield bundle, peer
     peer.stop()
+
+
+class _CannedHandler(http.server.BaseHTTPRequestHandler):
+    """Answers each path with a canned ``(status, JSON body)`` from ``routes``."""
+
+    routes: dict[str, tuple[int, bytes]] = {}
+    seen_auth: list[str | None] = []
+
+    def do_GET(self):
+        type(self).seen_auth.append(self.headers.get("Authorization"))
+        status, body = self.routes.get(self.path, (404, b"{}"))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_peer():
+    """A real HTTP server on loopback with canned answers: yields ``(port, handler)``;
+    set ``handler.routes[path] = (status, body)``."""
+    handler = type("Handler", (_CannedHandler,), {"routes": {}, "seen_auth": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], handler
+    server.shutdown()
+    server.server_close()
+    thread.join(5)

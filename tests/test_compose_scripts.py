@@ -4,14 +4,12 @@ influxd."""
 
 from __future__ import annotations
 
-import http.server
 import importlib.util
 import json
 import os
 import stat
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -81,35 +79,6 @@ def test_make_env_links_the_file_next_to_the_compose_file(tmp_path):
 
 
 # --- a real HTTP peer ----------------------------------------------------------------------
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, bytes]] = {}
-    seen_auth: list[str | None] = []
-
-    def do_GET(self):
-        type(self).seen_auth.append(self.headers.get("Authorization"))
-        status, body = self.routes.get(self.path, (404, b"{}"))
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def http_peer():
-    handler = type("Handler", (_Handler,), {"routes": {}, "seen_auth": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1], handler
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
 
 
 def test_smoke_check_passes_on_a_healthy_answer_and_sends_credentials(http_peer):

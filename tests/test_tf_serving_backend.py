@@ -426,29 +426,14 @@ def test_card_without_a_serving_section_is_refused(bundle_and_peer, tmp_path):
 
 
 @pytest.mark.parametrize("status", [200, 503])
-def test_rest_answers_that_are_json_but_not_an_object_are_backend_errors(status):
+def test_rest_answers_that_are_json_but_not_an_object_are_backend_errors(status, http_peer):
     # A proxy or a misconfigured URL in front of TF Serving may answer any JSON; the
     # transport must raise a backend error (counted, points passed on with score_error),
     # never an AttributeError from the scorer.
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from udf_agent.backends.tfserving import RestTransport, ServingSpec
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = b'["not", "an", "object"]'
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port, handler = http_peer
+    handler.routes["/v1/models/fraud:predict"] = (status, b'["not", "an", "object"]')
     spec = ServingSpec(
         model_name="fraud",
         version=None,
@@ -461,7 +446,7 @@ def test_rest_answers_that_are_json_but_not_an_object_are_backend_errors(status)
         output_dtype=None,
         output_shape=None,
     )
-    transport = RestTransport(f"http://127.0.0.1:{server.server_port}")
+    transport = RestTransport(f"http://127.0.0.1:{port}")
     try:
         expected = BackendError if status == 200 else BackendUnavailable
         match = "not an object" if status == 200 else r"UNAVAILABLE: HTTP 503: \[\"not\""
@@ -469,5 +454,3 @@ def test_rest_answers_that_are_json_but_not_an_object_are_backend_errors(status)
             transport.predict(spec, np.zeros((1, 2), dtype=np.float32), 2.0)
     finally:
         transport.close()
-        server.shutdown()
-        server.server_close()
