@@ -182,13 +182,14 @@ def predict_proba(model, X: np.ndarray) -> np.ndarray:
 
 class SavedModelBackend(ScoringBackend):
     """Scores a registered TF model in-process from its checksummed SavedModel, through
-    the same ``serving_default`` signature TF Serving calls. ``models evaluate`` uses it,
-    so evaluating a TF model needs TensorFlow but no TF Serving."""
+    the same ``serving_default`` signature TF Serving calls. ``models evaluate`` and the
+    REST API use it, so they need TensorFlow but no TF Serving."""
 
     kind = "savedmodel"
 
-    def __init__(self, card: ModelCard, signature: Any) -> None:
+    def __init__(self, card: ModelCard, loaded: Any, signature: Any) -> None:
         super().__init__(card)
+        self._loaded = loaded  # owns the variables the signature reads
         self._signature = signature
         spec = card.serving
         self._input = next(iter(spec.get("inputs") or {INPUT_NAME: None}))
@@ -206,9 +207,7 @@ class SavedModelBackend(ScoringBackend):
             raise BackendError(f"{path} has no signature {name!r}") from exc
         except Exception as exc:  # TF raises many types for a damaged SavedModel
             raise BackendError(f"cannot load {card.name} v{card.version}: {exc}") from exc
-        backend = cls(card, signature)
-        backend._loaded = loaded  # the signature's variables live as long as this object
-        return backend
+        return cls(card, loaded, signature)
 
     def score(self, X: np.ndarray) -> np.ndarray:
         tf = _tf()

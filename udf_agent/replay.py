@@ -535,7 +535,7 @@ def format_report(r: ReplayReport) -> str:
         f"added fields {r.added_fields}, added tags {r.added_tags}",
     ]
     if r.batches_sent:
-        lines.append(f"batches {r.batches_received}/{r.batches_sent} came back whole")
+        lines.append(f"batches {r.batches_received}/{r.batches_sent} came back")
     if r.violations:
         lines.append("PROTOCOL VIOLATIONS: " + "; ".join(r.violations))
     return "\n".join(lines)
