@@ -651,3 +651,18 @@ def test_kibana_saved_objects_if_present_reference_the_alert_index(services):
     assert services["kibana-import"]["entrypoint"] == ["bash", "/import/import.sh"]
     env = services["kibana-import"]["environment"]
     assert env["KIBANA_URL"] == "http://kibana:5601" and "ELASTIC_PASSWORD" in env
+
+
+def test_saved_models_are_exported_by_the_tf_version_tf_serving_runs(services):
+    # TF Serving loads SavedModels of its own TensorFlow version or older, so the images
+    # that export them (model-bootstrap, jupyter) pin TensorFlow to the server's tag.
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    tf_version = re.search(r"^ARG TF_VERSION=(\S+)$", text, re.M).group(1)
+    assert services["tfserving"]["image"] == f"tensorflow/serving:{tf_version}"
+    install = next(rest for kw, rest in _instructions(text) if kw == "RUN" and "EXTRAS" in rest)
+    assert "tensorflow==%s" in install and "tensorflow-serving-api==%s" in install
+    assert '-c /tmp/tf.txt "${wheel}[${EXTRAS}]"' in install
+    for name in ("model-bootstrap", "udf-agent", "jupyter"):
+        args = services[name]["build"].get("args", {})
+        assert "tf" in args.get("EXTRAS", "").split(","), name
+        assert args.get("TF_VERSION", tf_version) == tf_version, name

@@ -23,10 +23,15 @@ COPY alert_sink ./alert_sink
 COPY api ./api
 COPY demo ./demo
 ARG EXTRAS=""
+# The TensorFlow that exports SavedModels (model-bootstrap, jupyter) and the TF Serving
+# client are the version the tfserving service runs: TF Serving reads SavedModels of its
+# own version or older. Keep equal to the tensorflow/serving tag in docker-compose.yml.
+ARG TF_VERSION=2.20.0
 RUN pip install --upgrade pip \
  && pip wheel --no-deps --wheel-dir /wheels . \
  && wheel="$(ls /wheels/*.whl)" \
- && if [ -n "$EXTRAS" ]; then pip install "${wheel}[${EXTRAS}]"; else pip install "$wheel"; fi
+ && printf 'tensorflow==%s\ntensorflow-serving-api==%s\n' "$TF_VERSION" "$TF_VERSION" > /tmp/tf.txt \
+ && if [ -n "$EXTRAS" ]; then pip install -c /tmp/tf.txt "${wheel}[${EXTRAS}]"; else pip install "$wheel"; fi
 
 FROM builder AS jupyter-builder
 ARG JUPYTERLAB_VERSION=4.3.5
