@@ -75,6 +75,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="model versions kept loaded for ?version= (API_CACHE_SIZE)",
     )
     p.add_argument(
+        "--swagger-ui-url",
+        default=_env(env, "SWAGGER_UI_URL"),
+        help="base URL of Swagger UI's assets for /docs (API_SWAGGER_UI_URL); "
+        "default: the copy bundled with the API, which needs no internet",
+    )
+    p.add_argument(
         "--log-level", default=_env(env, "LOG_LEVEL", "info"), help="log level (API_LOG_LEVEL)"
     )
     return p
@@ -97,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_batch=args.max_batch,
             reload_interval=args.reload_interval,
             cache_size=args.cache_size,
+            swagger_ui_url=args.swagger_ui_url,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

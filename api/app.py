@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Blueprint, Flask, g, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
@@ -27,6 +27,8 @@ __all__ = ["create_app"]
 log = logging.getLogger("api.app")
 
 API_VERSION = "1.0"
+#: where the bundled Swagger UI assets are served (swagger-ui-bundle, no CDN needed)
+SWAGGER_UI_ASSETS = "/docs/assets"
 
 
 class _Api(Api):
@@ -81,7 +83,7 @@ def create_app(config: ApiConfig | Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        OPENAPI_SWAGGER_UI_URL=cfg.swagger_ui_url or f"{SWAGGER_UI_ASSETS}/",
         MAX_CONTENT_LENGTH=cfg.max_content_length,
         JSON_SORT_KEYS=False,
     )
@@ -116,6 +118,18 @@ def create_app(config: ApiConfig | Mapping[str, Any] | None = None) -> Flask:
     api.spec.components.schema("PredictRecord", schema=record_schema(_features_for_docs(service)))
     for blp in (predict_blp, models_blp, health_blp, metrics_blp):
         api.register_blueprint(blp)
+    if not cfg.swagger_ui_url:
+        from swagger_ui_bundle import swagger_ui_path
+
+        # static files only, outside the OpenAPI document like the /docs page itself
+        app.register_blueprint(
+            Blueprint(
+                "swagger-ui-assets",
+                __name__,
+                static_folder=swagger_ui_path,
+                static_url_path=SWAGGER_UI_ASSETS,
+            )
+        )
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):

@@ -24,7 +24,9 @@ class ApiConfig:
     followed for hot reload; ``max_batch``: most records per request; ``reload_interval``:
     least time between two ``stat`` calls on ``aliases.json``; ``retry_interval``: least time
     between two attempts to load a version that failed (same alias file); ``cache_size``:
-    versions kept loaded for ``?version=``; ``clock``: monotonic clock (tests inject one).
+    versions kept loaded for ``?version=``; ``swagger_ui_url``: where the ``/docs`` page
+    loads Swagger UI from (empty: the copy bundled with the API, so it works offline);
+    ``clock``: monotonic clock (tests inject one).
     """
 
     registry: Path = field(default_factory=default_registry_root)
@@ -34,6 +36,7 @@ class ApiConfig:
     reload_interval: float = 0.5
     retry_interval: float = 10.0
     cache_size: int = 4
+    swagger_ui_url: str = ""
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -56,7 +59,7 @@ class ApiConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ApiConfig:
         """Build from ``API_*`` variables (``API_REGISTRY``, ``API_MODEL``, ``API_ALIAS``,
         ``API_MAX_BATCH``, ``API_RELOAD_INTERVAL``, ``API_RETRY_INTERVAL``,
-        ``API_CACHE_SIZE``); ``overrides`` win over the environment."""
+        ``API_CACHE_SIZE``, ``API_SWAGGER_UI_URL``); ``overrides`` win over the environment."""
         environ = os.environ if environ is None else environ
         casts: dict[str, Callable[[str], Any]] = {
             "registry": Path,
@@ -66,6 +69,7 @@ class ApiConfig:
             "reload_interval": float,
             "retry_interval": float,
             "cache_size": int,
+            "swagger_ui_url": str,
         }
         values: dict[str, Any] = {}
         for name, cast in casts.items():

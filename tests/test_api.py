@@ -402,8 +402,8 @@ def _url_map_operations(app) -> set[tuple[str, str]]:
 
     ops = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint.startswith("api-docs."):  # the spec and docs page themselves
-            continue
+        if rule.endpoint.split(".")[0] in ("api-docs", "swagger-ui-assets"):
+            continue  # the spec, the docs page and its static assets
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             ops.add((path, method.lower()))
@@ -444,6 +444,30 @@ def test_docs_page_is_served_and_points_at_the_spec(shared_url, session):
     r = session.get(f"{shared_url}/docs")
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
     assert "/openapi.json" in r.text and "swagger-ui" in r.text.lower()
+    # Every script and stylesheet the page loads is served by the API itself: /docs
+    # works without internet access.
+    import re
+
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', r.text)
+    assert len(assets) >= 3, r.text
+    for asset in assets:
+        assert asset.startswith("/docs/assets/"), asset
+        got = session.get(f"{shared_url}{asset}")
+        assert got.status_code == 200 and len(got.content) > 1000, asset
+
+
+def test_docs_page_can_load_swagger_ui_from_another_url(base_registry):
+    app = create_app(
+        ApiConfig(
+            registry=base_registry,
+            model=MODEL,
+            swagger_ui_url="https://cdn.example/swagger-ui-dist@5/",
+        )
+    )
+    with serve(app) as url:
+        page = requests.get(f"{url}/docs", timeout=5).text
+        assert "https://cdn.example/swagger-ui-dist@5/swagger-ui-bundle.js" in page
+        assert requests.get(f"{url}/docs/assets/swagger-ui.css", timeout=5).status_code == 404
 
 
 # -- configuration and CLI ------------------------------------------------------------
@@ -456,6 +480,7 @@ def test_config_from_env_and_overrides(tmp_path):
         9,
         "production",
     )
+    assert ApiConfig.from_env({"API_SWAGGER_UI_URL": "/ui/"}).swagger_ui_url == "/ui/"
     with pytest.raises(ValueError, match="API_MAX_BATCH"):
         ApiConfig.from_env({"API_MAX_BATCH": "many"})
     with pytest.raises(ValueError, match="max_batch"):
