@@ -259,6 +259,8 @@ def list_alerts():
             offset=offset,
             cursor=request.args.get("cursor"),
         )
+        if request.args.get("cursor") is not None:
+            offset = 0  # a cursor replaces the offset: echo the one that was applied
     except PayloadError as exc:
         return _error(400, str(exc))
     except ValueError as exc:  # bad cursor
