@@ -244,6 +244,7 @@ def list_alerts():
     try:
         limit = _int_arg("limit", cfg.default_page_size, minimum=1, maximum=cfg.max_page_size)
         offset = _int_arg("offset", 0, minimum=0, maximum=NS_MAX)
+        cursor = request.args.get("cursor")
         level = request.args.get("level")
         if level is not None:
             level = level.upper()
@@ -257,9 +258,9 @@ def list_alerts():
             until_ns=_time_arg("until"),
             limit=limit,
             offset=offset,
-            cursor=request.args.get("cursor"),
+            cursor=cursor,
         )
-        if request.args.get("cursor") is not None:
+        if cursor is not None:
             offset = 0  # a cursor replaces the offset: echo the one that was applied
     except PayloadError as exc:
         return _error(400, str(exc))

@@ -54,19 +54,18 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="Kaggle-schema CSV with txn_id (default %(default)s; "
         "create it with `python -m models split`)",
     )
+    # String defaults from the environment go through argparse's `type`, so a bad
+    # PUBLISHER_* number is a usage error naming the flag, not a traceback.
     p.add_argument(
         "--rate",
         type=float,
         default=_env(env, "RATE", "100"),
         help="points per second, 0 = as fast as InfluxDB takes them (default %(default)s)",
     )
-    # String defaults from the environment go through argparse's `type`, so a bad
-    # PUBLISHER_* number is a usage error naming the flag, not a traceback.
-    count = _env(env, "COUNT")
     p.add_argument(
         "--count",
         type=int,
-        default=count or None,
+        default=_env(env, "COUNT") or None,
         help="stop after N points (default: run until SIGTERM/SIGINT)",
     )
     p.add_argument(
@@ -100,11 +99,10 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         default=_env(env, "SOURCE") or default_source(),
         help="value of the `source` tag (default publisher-<hostname>)",
     )
-    seed = _env(env, "SEED")
     p.add_argument(
         "--seed",
         type=int,
-        default=seed or None,
+        default=_env(env, "SEED") or None,
         help="random seed for --mode random",
     )
     p.add_argument(
