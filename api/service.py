@@ -51,10 +51,6 @@ class LoadFailure:
         }
 
 
-def _default_loader(registry: Registry, name: str, ref: str) -> ScoringBackend:
-    return load_local_backend(registry, name, ref)
-
-
 class ModelService:
     """Thread-safe access to loaded versions of one model."""
 
@@ -63,7 +59,7 @@ class ModelService:
         config: ApiConfig,
         *,
         registry: Registry | None = None,
-        loader: Loader = _default_loader,
+        loader: Loader = load_local_backend,
         wall_clock: Callable[[], float] = time.time,
         on_switch: Callable[[str | None, str], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
