@@ -23,6 +23,26 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"UDF_AGENT_{name}", default)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from models.registry import default_registry_root
 
@@ -69,6 +89,51 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=float(_env("MAX_BACKLOG_AGE", "10")),
         help="seconds a point may wait for a slow backend before it is passed on unscored",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=_env("MAX_CONNECTIONS", "64"),
+        help="connections served at once; more are refused with an error response "
+        "(env UDF_AGENT_MAX_CONNECTIONS, default 64)",
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=_positive_int,
+        default=_env("MAX_INFLIGHT", "4096"),
+        help="most points one connection holds between reading and writing them back; at "
+        "the bound the agent stops reading and Kapacitor waits (default 4096)",
+    )
+    p.add_argument(
+        "--max-inflight-total",
+        type=_positive_int,
+        default=_env("MAX_INFLIGHT_TOTAL", "32768"),
+        help="most points held across every connection (default 32768)",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=_positive_float,
+        default=_env("DRAIN_SECONDS", "1"),
+        help="a connection holds about this much scoring work at most (default 1 s)",
+    )
+    p.add_argument(
+        "--write-timeout",
+        type=_positive_float,
+        default=_env("WRITE_TIMEOUT", "30"),
+        help="seconds a peer may read nothing before its connection is closed (default 30)",
+    )
+    p.add_argument(
+        "--init-timeout",
+        type=_positive_float,
+        default=_env("INIT_TIMEOUT", "30"),
+        help="seconds a connection may take to complete init before it is closed (default 30)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=_positive_float,
+        default=_env("SHUTDOWN_TIMEOUT", "4"),
+        help="on SIGTERM/SIGINT, seconds to score what is held; later points are written "
+        "back unscored (default 4)",
     )
     p.add_argument(
         "--reload-interval",
@@ -123,32 +188,52 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    config = AgentConfig(
-        socket_path=Path(args.socket),
-        batch_socket_path=Path(args.batch_socket) if args.batch_socket else None,
-        registry=Path(args.registry),
-        socket_mode=mode,
-        max_frame_bytes=args.max_frame_bytes,
-        max_backlog_age=args.max_backlog_age,
-        reload_interval=args.reload_interval,
-        backend_options={
-            "tfserving_target": args.tfserving_target,
-            "tfserving_rest_url": args.tfserving_rest_url,
-            "tfserving_transport": args.tfserving_transport,
-            "tfserving_timeout": args.tfserving_timeout,
-        },
-    )
+    try:
+        config = AgentConfig(
+            socket_path=Path(args.socket),
+            batch_socket_path=Path(args.batch_socket) if args.batch_socket else None,
+            registry=Path(args.registry),
+            socket_mode=mode,
+            max_frame_bytes=args.max_frame_bytes,
+            max_backlog_age=args.max_backlog_age,
+            reload_interval=args.reload_interval,
+            max_connections=args.max_connections,
+            max_inflight=args.max_inflight,
+            max_inflight_total=args.max_inflight_total,
+            drain_seconds=args.drain_seconds,
+            write_timeout=args.write_timeout,
+            init_timeout=args.init_timeout,
+            shutdown_timeout=args.shutdown_timeout,
+            backend_options={
+                "tfserving_target": args.tfserving_target,
+                "tfserving_rest_url": args.tfserving_rest_url,
+                "tfserving_transport": args.tfserving_transport,
+                "tfserving_timeout": args.tfserving_timeout,
+            },
+        )
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     metrics = AgentMetrics()
     if args.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
         log.info("metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s received, flushing and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     server = AgentServer(config, metrics=metrics)
     try:
         server.start()
     except AgentError as exc:
         log.error("cannot start: %s", exc)
+        server.stop()  # removes a socket already bound (stream) when the batch one failed
         return 1
     models = server.registry.models()
     log.info("agent ready %r models=%s", config, ",".join(models) or "none")
@@ -158,15 +243,11 @@ def main(argv: list[str] | None = None) -> int:
             config.registry,
         )
 
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s received, flushing and stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    stop.wait()
+    # Python runs signal handlers on the main thread only, between bytecodes; an untimed
+    # wait never returns to the interpreter when the kernel delivers the signal to one
+    # of the connection threads, so wake up regularly.
+    while not stop.wait(0.2):
+        pass
     server.stop()
     return 0
 

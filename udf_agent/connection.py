@@ -1,12 +1,21 @@
 """One Kapacitor connection: a reader thread that answers management requests at once
 (keepalives never wait behind a model call) and a scorer thread that micro-batches
-points and writes them back in arrival order."""
+points and writes them back in arrival order.
+
+Flow control: the points read but not yet written back are bounded per connection
+(about ``drain_seconds`` of scoring, at most ``max_inflight``) and across connections
+(:class:`~udf_agent.flow.InflightBudget`). At the bound the reader stops reading, so
+Kapacitor's writes block instead of the agent buffering. A Kapacitor batch is scored in
+one call, a batch larger than the bound in chunks, so it never has to be held whole.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -17,6 +26,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from .errors import MalformedFrame, OptionError, ProtocolError
+from .flow import InflightBudget, adaptive_limit
 from .metrics import AgentMetrics
 from .options import info_response, parse_init_options
 from .protocol import messages as pb
@@ -30,36 +40,60 @@ log = logging.getLogger("udf_agent.connection")
 RECV_BYTES = 256 * 1024
 #: longest stretch of scoring without letting the reader thread run (seconds)
 YIELD_EVERY = 0.002
+#: how often a waiting reader re-checks for a stop request (seconds)
+_WAIT_TICK = 0.5
+#: how often a blocked write re-checks its deadline and an abort (seconds)
+_SEND_TICK = 0.25
 
 
 @dataclass(frozen=True, kw_only=True)
 class ConnectionConfig:
-    """Per-connection limits (seconds, bytes)."""
+    """Per-connection limits (seconds, bytes, points)."""
 
     edge: int = pb.STREAM
     max_frame_bytes: int = 16 * 1024 * 1024
-    #: points that waited longer than this are passed on unscored (score_error), so a
-    #: stalled backend never builds an unbounded backlog in front of Kapacitor
+    #: last resort for a backend that hangs: points that waited longer than this are passed
+    #: on unscored (score_error); back-pressure keeps normal overload far below it
     max_backlog_age: float = 10.0
+    #: most points one connection holds between reading and writing them back
+    max_inflight: int = 4096
+    #: the per-connection bound adapts to about this much scoring work (seconds), so a
+    #: full queue drains well inside Kapacitor's keepalive budget (timeout/2, 5 s default)
+    drain_seconds: float = 1.0
+    #: a peer that has not read for this long is cut off (its writes would block forever)
+    write_timeout: float = 30.0
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
 
 @dataclass
 class _Unit:
-    """Points scored together: a stream micro-batch or one whole Kapacitor batch."""
+    """Points scored together: a stream micro-batch or a chunk of a Kapacitor batch."""
 
     points: list[Any] = field(default_factory=list)
     payloads: list[bytes | None] = field(default_factory=list)
     since: float = 0.0  # first point received
     ready: float = 0.0  # complete (full, due, or ended): the backlog age counts from here
-    begin: bytes | None = None  # raw Response{begin} frame body (batch edges only)
-    end: bytes | None = None
+    begin: bytes | None = None  # raw Request{begin} body: the first chunk of a batch
+    end: bytes | None = None  # raw Request{end} body: the last chunk of a batch
     #: options and models in force when the points arrived (a re-init applies to later ones)
     session: ScoringSession | None = None
 
 
 def _response_frame(resp: Any) -> bytes:
     return encode_frame(resp.SerializeToString())
+
+
+class _WriteTimeout(OSError):
+    """The peer read nothing for ``write_timeout`` seconds."""
+
+
+def _set_send_timeout(sock: socket.socket, seconds: float) -> None:
+    """SO_SNDTIMEO: a blocking send that makes no progress for ``seconds`` returns what
+    it wrote, or fails with EAGAIN, instead of blocking forever. Reads are unaffected."""
+    sec = int(seconds)
+    usec = int((seconds - sec) * 1_000_000)
+    with contextlib.suppress(OSError):  # not every socket type supports it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", sec, usec))
 
 
 class Connection:
@@ -73,35 +107,94 @@ class Connection:
         metrics: AgentMetrics,
         config: ConnectionConfig,
         conn_id: int = 0,
+        budget: InflightBudget | None = None,
     ) -> None:
         self.sock = sock
         self.store = store
         self.metrics = metrics
         self.config = config
         self.id = conn_id
+        self.budget = budget if budget is not None else InflightBudget(config.max_inflight)
         self.session: ScoringSession | None = None
+        self.accepted_at = config.clock()
+        self.task = ""  # task and node of the last successful init, for logs at stop
+        self.node = ""
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
         self._stream: _Unit | None = None  # open stream micro-batch
         self._ready: deque[_Unit] = deque()  # complete units waiting for the scorer
-        self._batch: _Unit | None = None  # Kapacitor batch being received
+        self._batch: _Unit | None = None  # chunk of the Kapacitor batch being received
         self._closing = False
         self._broken = False
+        self._stopping = False
+        self._stop_deadline: float | None = None
+        self._inflight = 0  # guarded by budget.cond
+        self._rate: float | None = None  # scorer throughput (points/s), EWMA
+        self._undelivered = 0
         self._scorer = threading.Thread(
             target=self._score_loop, name=f"udf-scorer-{conn_id}", daemon=True
         )
         self._decoder = FrameDecoder(max_frame_bytes=config.max_frame_bytes)
+        self._aborted = False
+        _set_send_timeout(sock, min(_SEND_TICK, config.write_timeout))
+
+    @property
+    def initialized(self) -> bool:
+        return self.session is not None
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
 
     # -- writing -------------------------------------------------------------
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes) -> bool:
+        """Write ``data``; False (and the connection marked broken) if it cannot be."""
         if self._broken:
-            return
+            return False
         with self._write_lock:
+            if self._broken:
+                return False
             try:
-                self.sock.sendall(data)
+                self._sendall(data)
+                return True
             except OSError as exc:
                 self._broken = True
-                log.warning("conn=%d write failed, peer gone: %s", self.id, exc)
+                if isinstance(exc, _WriteTimeout):
+                    self.metrics.errors.labels("write_timeout").inc()
+                    log.error(
+                        "conn=%d closing: the peer read nothing for %gs (write timeout) task=%s",
+                        self.id,
+                        self.config.write_timeout,
+                        self.task,
+                    )
+                else:
+                    log.warning("conn=%d write failed, peer gone: %s", self.id, exc)
+        # Wake the reader (blocked in recv or waiting for room) so the connection ends.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with self.budget.cond:
+            self.budget.cond.notify_all()
+        return False
+
+    def _sendall(self, data: bytes) -> None:
+        """``sendall`` that gives up when the peer has read nothing for ``write_timeout``
+        (or the connection is aborted). SO_SNDTIMEO makes each blocked ``send`` return
+        every tick, so progress is judged here rather than per kernel call."""
+        view = memoryview(data)
+        clock = self.config.clock
+        last_progress = clock()
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except BlockingIOError:
+                sent = 0
+            if sent:
+                view = view[sent:]
+                last_progress = clock()
+            elif self._aborted:
+                raise BrokenPipeError(errno.EPIPE, "connection aborted")
+            elif clock() - last_progress >= self.config.write_timeout:
+                raise _WriteTimeout(errno.EAGAIN, "peer read nothing")
 
     # -- reading -------------------------------------------------------------
     def run(self) -> None:
@@ -116,10 +209,14 @@ class Connection:
                     reason = f"read failed: {exc}"
                     break
                 if not data:
+                    if self._broken:
+                        reason = "write failed"
+                        break
                     self._decoder.close()  # raises TruncatedFrame on a partial frame
                     break
                 self._decoder.feed(data)
                 self._dispatch_frames()
+                self._wait_for_room()
         except ProtocolError as exc:
             reason = f"protocol error: {exc}"
             self.metrics.errors.labels(type(exc).__name__).inc()
@@ -168,9 +265,13 @@ class Connection:
                 raise MalformedFrame(f"frame of {len(body)} bytes is not a Request: {exc}") from exc
             if kind == "point":
                 self._points_seen += 1
-                if self._batch is not None:
-                    self._batch.points.append(point)
-                    self._batch.payloads.append(payload)
+                batch = self._batch
+                if batch is not None:
+                    batch.points.append(point)
+                    batch.payloads.append(payload)
+                    self._admit(1)
+                    if len(batch.points) >= self.config.max_inflight:
+                        self._hand_over_batch_chunk()
                 else:
                     stream_points.append(point)
                     stream_payloads.append(payload)
@@ -195,22 +296,37 @@ class Connection:
             elif kind == "begin":
                 if self._batch is not None:
                     raise ProtocolError("begin batch received inside an open batch")
-                self._batch = _Unit(since=self.config.clock(), begin=body)
+                self._batch = _Unit(since=self.config.clock(), begin=body, session=self.session)
             elif kind == "end":
                 if self._batch is None:
                     raise ProtocolError("end batch received without a begin")
                 unit, self._batch = self._batch, None
                 unit.end = body
-                unit.ready = self.config.clock()
-                unit.session = self.session
-                with self._cond:
-                    self._ready.append(unit)
-                    self._cond.notify()
+                self._enqueue_unit(unit)
             else:
                 self.metrics.errors.labels("unknown_request").inc()
                 log.warning(
                     "conn=%d ignoring a request of unknown type (%d bytes)", self.id, len(body)
                 )
+
+    def _chunk_size(self) -> int:
+        session = self.session
+        return session.options.max_batch if session is not None else 512
+
+    def _enqueue_unit(self, unit: _Unit) -> None:
+        unit.ready = self.config.clock()
+        with self._cond:
+            self._ready.append(unit)
+            self._cond.notify()
+
+    def _hand_over_batch_chunk(self) -> None:
+        """Score the points of the open Kapacitor batch received so far; later points
+        follow in a chunk without a begin (the begin is written with the first one)."""
+        unit = self._batch
+        if unit is None or not unit.points:
+            return
+        self._batch = _Unit(since=self.config.clock(), session=unit.session)
+        self._enqueue_unit(unit)
 
     def _enqueue_stream(self, points: list[Any], payloads: list[bytes | None]) -> None:
         session = self.session
@@ -220,6 +336,7 @@ class Connection:
             self._send(b"".join(_unscored_frames(points, payloads, "agent not initialized")))
             self.metrics.points_out.inc(len(points))
             return
+        self._admit(len(points))
         max_batch = session.options.max_batch
         with self._cond:
             while points:
@@ -235,6 +352,54 @@ class Connection:
                     self._ready.append(unit)
                     self._stream = None
             self._cond.notify()
+
+    # -- flow control ----------------------------------------------------------
+    def _admit(self, n: int) -> None:
+        b = self.budget
+        with b.cond:
+            self._inflight += n
+            b.total += n
+
+    def _release(self, n: int) -> None:
+        b = self.budget
+        with b.cond:
+            self._inflight -= n
+            b.total -= n
+            b.cond.notify_all()
+
+    def limit(self) -> int:
+        """Points this connection may hold now (adapts to the measured scoring rate)."""
+        return adaptive_limit(
+            self._rate,
+            drain_seconds=self.config.drain_seconds,
+            max_batch=self._chunk_size(),
+            ceiling=self.config.max_inflight,
+        )
+
+    def _over(self, limit: int) -> bool:
+        b = self.budget
+        own = self._inflight
+        return own >= limit or (own > 0 and b.total >= b.limit)
+
+    def _wait_for_room(self) -> None:
+        """Block the reader while this connection (or the agent) holds its bound, so
+        Kapacitor's writes wait in the socket instead of piling up here."""
+        limit = self.limit()
+        b = self.budget
+        with b.cond:
+            if not self._over(limit):
+                return
+        # What is read must reach the scorer, or a not-yet-due micro-batch (maxDelay
+        # up to 60 s) would hold the bound and nothing would drain.
+        self._flush_all()
+        if self._batch is not None:
+            self._hand_over_batch_chunk()
+        started = self.config.clock()
+        with b.cond:
+            while self._over(limit) and not (self._stopping or self._broken):
+                b.cond.wait(_WAIT_TICK)
+                limit = self.limit()
+        self.metrics.backpressure_seconds.inc(self.config.clock() - started)
 
     # -- management ----------------------------------------------------------
     def _on_init(self, init: Any) -> None:
@@ -254,6 +419,7 @@ class Connection:
         else:
             self._flush_all()  # a re-init must not mix old and new options in one batch
             self.session = session
+            self.task, self.node = init.taskID, init.nodeID
             resp.init.success = True
             log.info(
                 "conn=%d init task=%s node=%s model=%s version=%s threshold=%s maxBatch=%d maxDelay=%gs",
@@ -293,16 +459,26 @@ class Connection:
     def _score_loop(self) -> None:
         clock = time.perf_counter
         yielded = clock()
+        busy = 0.0
+        done = 0
         while True:
             with self._cond:
                 unit = self._next_unit_locked()
                 if unit is None:
                     return
+            started = clock()
             self._process(unit)
+            now = clock()
+            busy += now - started
+            done += len(unit.points)
+            if busy >= 0.1:  # a throughput sample every 100 ms of work
+                rate = done / busy
+                self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+                busy, done = 0.0, 0
             # Back-to-back scoring starves the reader thread of the GIL: with .maxBatch(1)
             # under load, keepalive round trips reached 0.3 s. A voluntary yield every
             # few ms lets the reader in (measured: max ~6 ms) at no visible throughput cost.
-            if clock() - yielded >= YIELD_EVERY:
+            if now - yielded >= YIELD_EVERY:
                 time.sleep(0)
                 yielded = clock()
 
@@ -325,12 +501,29 @@ class Connection:
             self._cond.wait()
 
     def _process(self, unit: _Unit) -> None:
+        try:
+            self._write_unit(unit)
+        finally:
+            if unit.points:
+                self._release(len(unit.points))
+
+    def _write_unit(self, unit: _Unit) -> None:
         session = unit.session
         n = len(unit.points)
+        if self._broken:
+            # The peer cannot be written to: nothing to score for. Counted, not silent.
+            self._count_undelivered(n)
+            return
         try:
+            now = self.config.clock()
             if session is None:
                 frames = _unscored_frames(unit.points, unit.payloads, "agent not initialized")
-            elif self.config.clock() - unit.ready > self.config.max_backlog_age:
+            elif self._stop_deadline is not None and now > self._stop_deadline:
+                self.metrics.errors.labels("stopping").inc(n)
+                frames = session.passthrough(
+                    unit.points, unit.payloads, "not scored: the agent was stopping"
+                )
+            elif now - unit.ready > self.config.max_backlog_age:
                 self.metrics.errors.labels("backlog_timeout").inc(n)
                 frames = session.passthrough(
                     unit.points,
@@ -349,11 +542,18 @@ class Connection:
             frames.insert(0, encode_frame(unit.begin))
         if unit.end is not None:
             frames.append(encode_frame(unit.end))
-        self._send(b"".join(frames))
-        self.metrics.points_out.inc(n)
+        if self._send(b"".join(frames)):
+            self.metrics.points_out.inc(n)
+        else:
+            self._count_undelivered(n)
+
+    def _count_undelivered(self, n: int) -> None:
+        if n:
+            self._undelivered += n
+            self.metrics.errors.labels("undelivered").inc(n)
 
     def _flush_all(self) -> None:
-        """Hand every buffered point to the scorer (used before a re-init)."""
+        """Hand every buffered stream point to the scorer (before a re-init or a wait)."""
         with self._cond:
             if self._stream is not None and self._stream.points:
                 self._stream.ready = self.config.clock()
@@ -362,20 +562,36 @@ class Connection:
             self._cond.notify()
 
     # -- shutdown ------------------------------------------------------------
-    def shutdown(self) -> None:
-        """Stop reading; buffered points are still scored and written, then closed."""
+    def shutdown(self, score_deadline: float | None = None) -> None:
+        """Stop reading; what is held is still written back, then the socket is closed.
+        Points not scored by ``score_deadline`` (``clock()`` time) are passed on unscored
+        with a score_error, so a stop ends in bounded time without losing them."""
+        self._stop_deadline = score_deadline
+        self._stopping = True
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RD)
+        with self.budget.cond:
+            self.budget.cond.notify_all()
+
+    def abort(self, reason: str) -> None:
+        """Cut the connection now (init timeout, or a stop past its deadline)."""
+        log.warning("conn=%d aborted: %s task=%s", self.id, reason, self.task)
+        self._aborted = True
+        self._broken = True
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with self.budget.cond:
+            self.budget.cond.notify_all()
 
     def _finish(self, reason: str) -> None:
-        if self._batch is not None and self._batch.points:
-            # An unterminated Kapacitor batch: score its points rather than lose them.
-            unit, self._batch = self._batch, None
+        unit = self._batch
+        if unit is not None and unit.points:
+            # An unterminated Kapacitor batch: score its points rather than lose them
+            # (without a begin that no end would follow, if nothing of it went out yet).
+            self._batch = None
             unit.begin = None
-            unit.ready = self.config.clock()
-            unit.session = self.session
-            with self._cond:
-                self._ready.append(unit)
+            self._enqueue_unit(unit)
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -387,7 +603,14 @@ class Connection:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
-        log.info("conn=%d closed: %s", self.id, reason)
+        if self._undelivered:
+            log.error(
+                "conn=%d %d point(s) could not be written back (peer gone) task=%s",
+                self.id,
+                self._undelivered,
+                self.task,
+            )
+        log.info("conn=%d closed: %s task=%s", self.id, reason, self.task)
 
 
 def _unscored_frames(points: list[Any], payloads: list[bytes | None], reason: str) -> list[bytes]:

@@ -110,7 +110,22 @@ class AgentMetrics:
         self.connections_total = Counter(
             "udf_agent_connections_accepted", "Kapacitor connections accepted", registry=r
         )
+        self.connections_refused = Counter(
+            "udf_agent_connections_refused",
+            "Connections refused because --max-connections were open",
+            registry=r,
+        )
         self.keepalives = Counter("udf_agent_keepalives", "Keepalive requests answered", registry=r)
+        self.inflight = Gauge(
+            "udf_agent_inflight_points",
+            "Points read from Kapacitor and not yet written back (all connections)",
+            registry=r,
+        )
+        self.backpressure_seconds = Counter(
+            "udf_agent_backpressure_seconds",
+            "Time readers spent not reading because their in-flight bound was reached",
+            registry=r,
+        )
         self.model_info = Gauge(
             "udf_agent_model_version_info",
             "1 for each model version currently used by a connection",

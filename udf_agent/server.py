@@ -10,6 +10,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from models.registry import Registry
 
 from .connection import Connection, ConnectionConfig
 from .errors import AgentError
+from .flow import InflightBudget
 from .metrics import AgentMetrics
 from .protocol import messages as pb
+from .protocol.codec import encode_frame
 from .scoring import ModelStore
 
 __all__ = ["AgentConfig", "AgentServer"]
@@ -38,11 +41,47 @@ class AgentConfig:
     max_backlog_age: float = 10.0
     reload_interval: float = 0.5
     backend_options: dict = field(default_factory=dict)
+    #: points one connection may hold between reading and writing back (upper bound; the
+    #: bound in force adapts to about ``drain_seconds`` of scoring)
+    max_inflight: int = 4096
+    #: points the whole agent may hold
+    max_inflight_total: int = 32768
+    drain_seconds: float = 1.0
+    #: a peer that reads nothing for this long is disconnected
+    write_timeout: float = 30.0
+    #: connections beyond this are refused with an error response (counted, logged)
+    max_connections: int = 64
+    #: a connection that has not completed init by then is closed
+    init_timeout: float = 30.0
+    #: stop(): points held are scored within about this time, then passed on unscored
+    shutdown_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("max_inflight", "max_inflight_total", "max_connections", "max_frame_bytes"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        for name in (
+            "drain_seconds",
+            "write_timeout",
+            "init_timeout",
+            "shutdown_timeout",
+            "max_backlog_age",
+        ):
+            value = getattr(self, name)
+            if not (value > 0 and value < float("inf")):
+                problems.append(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.reload_interval < 0:
+            problems.append("reload_interval must not be negative")
+        if problems:
+            raise AgentError("invalid agent configuration: " + "; ".join(problems))
 
     def __repr__(self) -> str:
         return (
             f"AgentConfig(socket={str(self.socket_path)!r}, batch_socket={self.batch_socket_path and str(self.batch_socket_path)!r}, "
-            f"registry={self.registry and str(self.registry)!r}, mode={oct(self.socket_mode)})"
+            f"registry={self.registry and str(self.registry)!r}, mode={oct(self.socket_mode)}, "
+            f"max_connections={self.max_connections}, max_inflight={self.max_inflight}, "
+            f"max_inflight_total={self.max_inflight_total})"
         )
 
 
@@ -101,12 +140,15 @@ class AgentServer:
             metrics=self.metrics,
         )
         self.metrics.watch_backends(self.store.loaded)
+        self.budget = InflightBudget(config.max_inflight_total)
+        self.metrics.inflight.set_function(lambda: self.budget.total)
         self._listeners: list[_Listener] = []
         self._threads: list[threading.Thread] = []
         self._connections: dict[int, Connection] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._stopping = threading.Event()
+        self._refusals_logged_at = float("-inf")
 
     def start(self) -> AgentServer:
         cfg = self.config
@@ -128,13 +170,20 @@ class AgentServer:
                 "batch" if lst.edge else "stream",
                 oct(cfg.socket_mode),
             )
+        reaper = threading.Thread(target=self._reap_loop, name="udf-init-timeout", daemon=True)
+        reaper.start()
+        self._threads.append(reaper)
         return self
 
     def _accept_loop(self, lst: _Listener) -> None:
+        cfg = self.config
         conn_cfg = ConnectionConfig(
             edge=lst.edge,
-            max_frame_bytes=self.config.max_frame_bytes,
-            max_backlog_age=self.config.max_backlog_age,
+            max_frame_bytes=cfg.max_frame_bytes,
+            max_backlog_age=cfg.max_backlog_age,
+            max_inflight=cfg.max_inflight,
+            drain_seconds=cfg.drain_seconds,
+            write_timeout=cfg.write_timeout,
         )
         while not self._stopping.is_set():
             try:
@@ -144,9 +193,17 @@ class AgentServer:
                     return
                 log.warning("accept failed on %s: %s", lst.path, exc)
                 continue
+            if self.connection_count >= cfg.max_connections:
+                self._refuse(sock, lst)
+                continue
             cid = next(self._ids)
             conn = Connection(
-                sock, store=self.store, metrics=self.metrics, config=conn_cfg, conn_id=cid
+                sock,
+                store=self.store,
+                metrics=self.metrics,
+                config=conn_cfg,
+                conn_id=cid,
+                budget=self.budget,
             )
             t = threading.Thread(
                 target=self._serve, args=(conn,), name=f"udf-conn-{cid}", daemon=True
@@ -160,11 +217,50 @@ class AgentServer:
                     sock.close()
                     return
                 self._connections[cid] = conn
+                self._threads = [x for x in self._threads if x.is_alive()]
                 self._threads.append(t)
             self.metrics.connections.inc()
             self.metrics.connections_total.inc()
             log.info("conn=%d accepted on %s", cid, lst.path.name)
             t.start()
+
+    def _refuse(self, sock: socket.socket, lst: _Listener) -> None:
+        """Answer a connection over the limit with an error response and close it: the
+        peer (Kapacitor) logs the reason instead of a bare reset."""
+        self.metrics.connections_refused.inc()
+        message = (
+            f"udf agent refused the connection: {self.config.max_connections} connections "
+            "are open (--max-connections)"
+        )
+        now = time.monotonic()
+        if now - self._refusals_logged_at >= 10.0:  # a flood logs once per 10 s
+            self._refusals_logged_at = now
+            log.warning("connection refused on %s: %s", lst.path.name, message)
+        resp = pb.Response()
+        resp.error.error = message
+        try:
+            sock.settimeout(1.0)
+            sock.sendall(encode_frame(resp.SerializeToString()))
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def _reap_loop(self) -> None:
+        """Close connections that have not completed init within ``init_timeout``."""
+        timeout = self.config.init_timeout
+        while not self._stopping.wait(min(1.0, timeout / 4)):
+            now = time.monotonic()
+            with self._lock:
+                late = [
+                    c
+                    for c in self._connections.values()
+                    if not c.initialized and now - c.accepted_at > timeout
+                ]
+            for c in late:
+                self.metrics.errors.labels("init_timeout").inc()
+                c.abort(f"no successful init within {timeout:g}s")
 
     def _serve(self, conn: Connection) -> None:
         try:
@@ -179,10 +275,19 @@ class AgentServer:
         with self._lock:
             return len(self._connections)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop accepting, flush and close every connection, remove the socket files."""
+    def connected_tasks(self) -> list[tuple[str, str]]:
+        """(task, node) of every initialized connection."""
+        with self._lock:
+            return sorted((c.task, c.node) for c in self._connections.values() if c.initialized)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting; score and write back what every connection holds, then close
+        them and remove the socket files. Within ``timeout`` (default: the config's
+        shutdown_timeout) plus a short grace: points not scored by then are written back
+        unscored, and connections whose peer does not read are cut."""
         if self._stopping.is_set():
             return
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
         self._stopping.set()
         for lst in self._listeners:
             with contextlib.suppress(OSError):
@@ -191,15 +296,35 @@ class AgentServer:
         with self._lock:
             conns = list(self._connections.values())
             threads = list(self._threads)
+        tasks = sorted({c.task for c in conns if c.initialized})
+        if tasks:
+            # After a restart Kapacitor does not re-enable these tasks by itself.
+            log.warning(
+                "stopping with %d task connection(s) open; these tasks will stop executing "
+                "until re-enabled: %s",
+                len(conns),
+                ", ".join(tasks),
+            )
+        start = time.monotonic()
+        # Score for most of the budget, leave the rest to write unscored points back.
+        score_deadline = start + 0.6 * timeout
         for c in conns:
-            c.shutdown()
+            c.shutdown(score_deadline)
+        deadline = start + timeout
         for t in threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            stuck = list(self._connections.values())
+        for c in stuck:
+            c.abort(f"still open {timeout:g}s after the stop request")
+        grace = time.monotonic() + 1.0
+        for t in threads if stuck else ():
+            t.join(max(0.0, grace - time.monotonic()))
         for lst in self._listeners:
             with contextlib.suppress(FileNotFoundError):
                 lst.path.unlink()
         self.store.close()
-        log.info("stopped; flushed %d connection(s)", len(conns))
+        log.info("stopped in %.2fs; flushed %d connection(s)", time.monotonic() - start, len(conns))
 
     def __enter__(self) -> AgentServer:
         return self.start()
