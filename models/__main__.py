@@ -1,4 +1,4 @@
-"""``python -m models``: train, evaluate, promote, list, split, train-tf.
+"""``python -m models``: train, evaluate, promote, list, sign, split, train-tf.
 
 Flags fall back to ``MODELS_*`` environment variables where noted
 (``MODELS_REGISTRY``, ``MODELS_DATA_DIR``, ``MODELS_RUNS_DIR``).
@@ -89,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered models")
     ls.add_argument("--registry", default=None)
     ls.add_argument("--json", action="store_true")
+
+    sg = sub.add_parser(
+        "sign",
+        help="sign existing model cards with the registry key (MODELS_SIGNING_KEY_FILE or "
+        "MODELS_SIGNING_KEY)",
+    )
+    sg.add_argument("name", nargs="?", help="model name (omit with --all)")
+    sg.add_argument("versions", nargs="*", help="versions or aliases (default: every version)")
+    sg.add_argument("--all", action="store_true", help="every version of every model")
+    sg.add_argument("--registry", default=None)
 
     sp = sub.add_parser("split", help="write data/train.csv, validation.csv, test.csv")
     _add_data_source(sp)
@@ -197,6 +207,19 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_sign(args) -> int:
+    reg = _registry(args)
+    if args.all == bool(args.name):
+        print("error: name a model, or pass --all", file=sys.stderr)
+        return 2
+    names = reg.models() if args.all else [args.name]
+    for name in names:
+        for v in args.versions or reg.versions(name):
+            card = reg.sign(name, v)
+            print(f"signed {name} v{card.version} key_id={card.data['signature']['key_id']}")
+    return 0
+
+
 def cmd_split(args) -> int:
     from .data import SPLIT_FILES, prepare_splits
 
@@ -227,6 +250,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "promote": cmd_promote,
     "list": cmd_list,
+    "sign": cmd_sign,
     "split": cmd_split,
     "train-tf": cmd_train_tf,
 }

@@ -18,6 +18,7 @@ import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -37,9 +38,13 @@ __all__ = [
     "ModelNotFound",
     "Registry",
     "RegistryError",
+    "SignatureError",
+    "UnsafeArtifact",
+    "card_signature",
     "default_registry_root",
     "render_card_markdown",
     "sha256_path",
+    "signing_key_from_env",
 ]
 
 log = logging.getLogger("models.registry")
@@ -61,6 +66,56 @@ class ModelNotFound(RegistryError):
 
 class ChecksumMismatch(RegistryError):
     """An artifact's sha256 differs from the one recorded in its card."""
+
+
+class UnsafeArtifact(RegistryError):
+    """A card names an artifact outside its own version directory (an absolute path,
+    ``..``, or a symlink leading out): refused before anything is opened."""
+
+
+class SignatureError(RegistryError):
+    """A signing key is configured and a card is unsigned, or its signature does not
+    match (the card, and so the artifact checksum it records, was altered)."""
+
+
+#: environment variables holding the registry's card-signing key (the file wins)
+SIGNING_KEY_ENV = "MODELS_SIGNING_KEY"
+SIGNING_KEY_FILE_ENV = "MODELS_SIGNING_KEY_FILE"
+SIGNATURE_ALG = "HMAC-SHA256"
+
+
+def signing_key_from_env(environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The card-signing key from ``$MODELS_SIGNING_KEY_FILE`` (the file's bytes, one
+    trailing newline stripped) or ``$MODELS_SIGNING_KEY``; None when neither is set."""
+    env = os.environ if environ is None else environ
+    path = env.get(SIGNING_KEY_FILE_ENV)
+    if path:
+        try:
+            key = Path(path).read_bytes()
+        except OSError as exc:
+            raise RegistryError(f"cannot read the signing key {path}: {exc}") from exc
+        key = key[:-1] if key.endswith(b"\n") else key
+    else:
+        raw = env.get(SIGNING_KEY_ENV)
+        key = raw.encode() if raw else None
+    if key is not None and len(key) < 16:
+        raise RegistryError("the card-signing key must be at least 16 bytes long")
+    return key
+
+
+def _canonical_card(data: Mapping[str, Any]) -> bytes:
+    body = {k: v for k, v in data.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def card_signature(data: Mapping[str, Any], key: bytes) -> dict[str, str]:
+    """The ``signature`` entry of a card: HMAC-SHA256 over the card's canonical JSON
+    (every key but ``signature``; the artifact's sha256 is inside, so it is covered)."""
+    return {
+        "alg": SIGNATURE_ALG,
+        "key_id": hashlib.sha256(key).hexdigest()[:12],
+        "value": hmac.new(key, _canonical_card(data), hashlib.sha256).hexdigest(),
+    }
 
 
 def default_registry_root() -> Path:
@@ -217,11 +272,25 @@ def _valid_name(name: object) -> bool:
     )
 
 
-class Registry:
-    """A model registry rooted at a directory (``models/registry`` by default)."""
+_FROM_ENV: Any = object()
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+
+class Registry:
+    """A model registry rooted at a directory (``models/registry`` by default).
+
+    Trust: loading a pickled model runs code, so the registry must be writable only by
+    whoever trains. Artifact paths are confined to their version directory; with a
+    signing key (``signing_key``, by default from the environment), cards are signed at
+    registration and every card read is refused unless its signature matches.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, *, signing_key: Any = _FROM_ENV
+    ) -> None:
         self.root = Path(root) if root is not None else default_registry_root()
+        self.signing_key: bytes | None = (
+            signing_key_from_env() if signing_key is _FROM_ENV else signing_key
+        )
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"
@@ -296,10 +365,74 @@ class Registry:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise RegistryError(f"cannot read model card {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise RegistryError(f"model card {path} is not a JSON object")
+        # The card's own name and version decide where its artifact is looked up: they
+        # must be the directory it was read from.
+        if str(data.get("name")) != name or str(data.get("version")) != version:
+            raise RegistryError(
+                f"model card {path} names {data.get('name')!r} v{data.get('version')}, "
+                f"not {name!r} v{version}; refusing it"
+            )
+        self._check_signature(data, path)
         return ModelCard(data=data, path=path)
 
+    def _check_signature(self, data: Mapping[str, Any], path: Path) -> None:
+        key = self.signing_key
+        if key is None:
+            return
+        sig = data.get("signature")
+        if not isinstance(sig, dict) or not isinstance(sig.get("value"), str):
+            raise SignatureError(
+                f"refusing {path}: the card is not signed and a signing key is configured "
+                f"(sign it with `python -m models sign {data.get('name')} {data.get('version')}`)"
+            )
+        expected = card_signature(data, key)
+        if not hmac.compare_digest(sig["value"], expected["value"]):
+            raise SignatureError(
+                f"refusing {path}: its signature does not match (the card was altered, or "
+                f"signed with another key: key_id {sig.get('key_id')} vs {expected['key_id']})"
+            )
+
     def artifact_path(self, card: ModelCard) -> Path:
-        return self.root / card.name / card.version / card.artifact_file
+        """The artifact's path, confined to the card's version directory: an absolute
+        path, a ``..`` component or a symlink that leads out is refused (UnsafeArtifact)
+        before anything is opened."""
+        version_dir = self._version_dir(card)
+        raw = card.artifact_file
+        rel = Path(raw)
+        if not raw or rel.is_absolute() or ".." in rel.parts or "\0" in raw or "\\" in raw:
+            raise UnsafeArtifact(
+                f"refusing {card.name} v{card.version}: artifact {raw!r} is not a plain "
+                "relative path; it could lead outside its version directory"
+            )
+        path = version_dir / rel
+        inside = version_dir.resolve()
+        resolved = path.resolve()
+        if resolved == inside or not resolved.is_relative_to(inside):
+            raise UnsafeArtifact(
+                f"refusing {card.name} v{card.version}: artifact {raw!r} resolves to "
+                f"{resolved}, outside {inside}"
+            )
+        if path.is_dir():  # a SavedModel: no symlink inside may lead out either
+            for sub in path.rglob("*"):
+                if sub.is_symlink() and not sub.resolve().is_relative_to(inside):
+                    raise UnsafeArtifact(
+                        f"refusing {card.name} v{card.version}: {sub} links outside {inside}"
+                    )
+        return path
+
+    def _version_dir(self, card: ModelCard) -> Path:
+        if card.path is not None:
+            d = card.path.parent
+        else:
+            if not _valid_name(card.name) or not str(card.version).isdigit():
+                raise UnsafeArtifact(f"refusing a card named {card.name!r} v{card.version!r}")
+            d = self.root / card.name / card.version
+        root = self.root.resolve()
+        if not d.resolve().is_relative_to(root):
+            raise UnsafeArtifact(f"refusing {card.name} v{card.version}: {d} is outside {root}")
+        return d
 
     def verify(self, card: ModelCard) -> Path:
         """Return the artifact path after checking its sha256 against the card."""
@@ -313,6 +446,29 @@ class Registry:
                 f"{card.artifact_sha256[:12]}… (artifact modified or corrupt)"
             )
         return path
+
+    def sign(self, name: str, version: str | int) -> ModelCard:
+        """(Re-)sign an existing card with the configured key, e.g. after enabling signing
+        on a registry whose cards predate it. The card is read unverified: sign only
+        cards you trust."""
+        key = self.signing_key
+        if key is None:
+            raise RegistryError(
+                f"no signing key: set {SIGNING_KEY_FILE_ENV} or {SIGNING_KEY_ENV} to sign cards"
+            )
+        version = self.resolve(name, version)
+        path = self.root / name / version / CARD_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"cannot read model card {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise RegistryError(f"model card {path} is not a JSON object")
+        data["signature"] = card_signature(data, key)
+        with self._aliases_lock(name):
+            _write_json_atomic(path, data)
+        log.info("signed model=%s version=%s key_id=%s", name, version, data["signature"]["key_id"])
+        return self.card(name, version)
 
     def load_artifact(self, card: ModelCard) -> Any:
         """Load a joblib artifact after verifying its checksum."""
@@ -397,6 +553,9 @@ class Registry:
                 existing = [int(v) for v in self._version_dirs(name)]
                 version = str(max(existing, default=0) + 1)
                 card["version"] = version
+                card.pop("signature", None)
+                if self.signing_key is not None:
+                    card["signature"] = card_signature(card, self.signing_key)
                 _write_json_atomic(staging / CARD_FILE, card)
                 (staging / CARD_MARKDOWN_FILE).write_text(render_card_markdown(card))
                 try:
