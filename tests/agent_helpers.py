@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -176,3 +180,78 @@ class Client:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class AgentProcess:
+    """``python -m udf_agent`` as users run it. Its output goes to a file: a pipe that
+    nobody reads fills up and blocks the agent's logging."""
+
+    def __init__(self, tmp_path: Path, registry_root: Path, *extra: str, name: str = "agent"):
+        self.socket = tmp_path / f"{name}.sock"
+        self.log_path = tmp_path / f"{name}.log"
+        self.args = [
+            sys.executable,
+            "-m",
+            "udf_agent",
+            "--socket",
+            str(self.socket),
+            "--registry",
+            str(registry_root),
+            *extra,
+        ]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> AgentProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        # "agent ready" is logged once every socket listens (a socket file alone may
+        # exist a moment before listen()).
+        while "agent ready" not in self.output():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}: {self.output()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"agent not ready within {timeout:g}s: {self.output()}")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Signal the agent and wait for it; kill it (and raise) if it does not exit."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(
+                    f"agent ignored {signal.Signals(sig).name} for {timeout:g}s: {self.output()}"
+                ) from None
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> AgentProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            self.kill()

@@ -8,11 +8,16 @@ import os
 import shutil
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Card signing is opt-in per test (a developer's own key must not change what tests see).
+os.environ.pop("MODELS_SIGNING_KEY", None)
+os.environ.pop("MODELS_SIGNING_KEY_FILE", None)
 
 # One BLAS/OpenMP thread: faster for micro-batches on 2 cores, and stable timings.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -44,6 +49,56 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: every process started by this test run inherits this marker, so a leftover process is
+#: found even after its parent exited and it was re-parented away from this process
+_RUN_MARKER = ("TICK_ANOMALY_TEST_RUN", f"{os.getpid()}-{time.time_ns()}")
+os.environ[_RUN_MARKER[0]] = _RUN_MARKER[1]
+
+
+def _run_processes() -> dict[int, object]:
+    import psutil
+
+    found = {}
+    me = os.getpid()
+    for p in psutil.process_iter(["pid"]):
+        if p.pid == me:
+            continue
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if p.environ().get(_RUN_MARKER[0]) == _RUN_MARKER[1]:
+                found[p.pid] = p
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_processes():
+    """Fail the test that leaves a process of its own running (and kill it), so one
+    test's leftover server never breaks a later one. Processes of wider-scoped fixtures
+    exist before this snapshot and are not counted."""
+    import psutil
+
+    before = set(_run_processes())
+    yield
+    leaked = [p for pid, p in _run_processes().items() if pid not in before]
+    if not leaked:
+        return
+    described = []
+    for p in leaked:
+        try:
+            described.append(f"pid {p.pid}: {' '.join(p.cmdline())[:200]}")
+        except psutil.Error:
+            described.append(f"pid {p.pid}")
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(leaked, timeout=10)
+    pytest.fail("test left process(es) running: " + "; ".join(described), pytrace=False)
 
 
 @pytest.fixture

