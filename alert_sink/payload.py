@@ -88,6 +88,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_int64(value: Any) -> bool:
+    """A whole number within int64 (``1`` or ``1.0``; not NaN, 0.5 or a 400-digit literal)."""
+    if not _is_number(value):
+        return False
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return False
+    return -(2**63) <= value <= 2**63 - 1
+
+
 def _require_str(obj: dict, key: str, path: str, *, required: bool) -> str | None:
     if key not in obj or obj[key] is None:
         if required:
@@ -155,7 +164,12 @@ def _number(value: Any, path: str, column: str) -> float | None:
         return None
     if not _is_number(value):
         raise PayloadError(path, f"column {column!r} must be a number, got {json_type(value)}")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an integer literal too large for a double
+        raise PayloadError(
+            path, f"column {column!r} is out of range: it does not fit a 64-bit float"
+        ) from None
     if not math.isfinite(result):
         raise PayloadError(path, f"column {column!r} must be finite")
     return result
@@ -317,9 +331,7 @@ def _row_document(
     if txn_id is not None and not isinstance(txn_id, str):
         raise PayloadError(rpath, f"column {TXN_ID!r} must be a string, got {json_type(txn_id)}")
     label = fields.get(LABEL)
-    if label is not None and (
-        not _is_number(label) or not math.isfinite(label) or label != int(label)
-    ):
+    if label is not None and not _is_int64(label):
         raise PayloadError(rpath, f"column {LABEL!r} must be an integer, got {json_type(label)}")
     model_name = fields.get(MODEL_TAG, tags.get(MODEL_TAG))
     model_version = fields.get(MODEL_VERSION_TAG, tags.get(MODEL_VERSION_TAG))

@@ -372,9 +372,14 @@ def test_malformed_payloads_get_400_naming_the_problem(sink):
     assert r.json()["error"] == (
         "data.series[0].values[0]: column 'score' must be a number, got string"
     )
+    # a number no double holds is bad input too, not a server error
+    raw["data"]["series"][0]["values"][0][4] = 0.25
+    r = sink.post(json.dumps(raw).replace("0.25", "9" * 401).encode())
+    assert r.status_code == 400
+    assert "column 'score' is out of range" in r.json()["error"]
     assert spool_depth(sink) == 0
     metrics = requests.get(f"{sink.url}/metrics", timeout=5).text
-    assert 'alert_sink_alerts_rejected_total{reason="invalid"} 3.0' in metrics
+    assert 'alert_sink_alerts_rejected_total{reason="invalid"} 4.0' in metrics
 
 
 def test_health_and_metrics_need_no_token(sink):

@@ -162,6 +162,27 @@ BAD = [
         _mutate(lambda r: _set_row(r, "label", 0.125)).replace("0.125", "1e400"),
         "data.series[0].values[0]: column 'label' must be an integer",
     ),
+    # Integer literals too large for a double (Python's json reads them exactly).
+    (
+        _mutate(lambda r: _set_row(r, "score", 0.125)).replace("0.125", "9" * 401),
+        "data.series[0].values[0]: column 'score' is out of range: it does not fit a 64-bit float",
+    ),
+    (
+        _mutate(lambda r: _set_row(r, "threshold", 0.125)).replace("0.125", "-" + "1" * 400),
+        "data.series[0].values[0]: column 'threshold' is out of range",
+    ),
+    (
+        _mutate(lambda r: _set_row(r, "Amount", 0.125)).replace("0.125", "7" * 309),
+        "data.series[0].values[0]: column 'Amount' is out of range",
+    ),
+    (
+        _mutate(lambda r: _set_row(r, "label", 0.125)).replace("0.125", "1" * 401),
+        "data.series[0].values[0]: column 'label' must be an integer",
+    ),
+    (
+        _mutate(lambda r: _set_row(r, "label", 2**63)),
+        "data.series[0].values[0]: column 'label' must be an integer",
+    ),
     # A lone surrogate escape decodes but cannot be stored as UTF-8 (nor hashed into the id).
     (
         _mutate(lambda r: r.update(message="x")).replace('"x"', '"\\ud800"'),
