@@ -131,6 +131,7 @@ class Connection:
         self._inflight = 0  # guarded by budget.cond
         self._rate: float | None = None  # scorer throughput (points/s), EWMA
         self._undelivered = 0
+        self._outputs_checked: ScoringSession | None = None
         self._scorer = threading.Thread(
             target=self._score_loop, name=f"udf-scorer-{conn_id}", daemon=True
         )
@@ -531,6 +532,8 @@ class Connection:
                     f"not scored: waited over {self.config.max_backlog_age:g}s behind a slow backend",
                 )
             else:
+                if session is not self._outputs_checked:
+                    self._check_outputs(session, unit.points[0])
                 frames = session.score(unit.points, unit.payloads)
         except Exception as exc:  # never drop the batch because of a bug
             log.exception("conn=%d scoring a batch of %d failed", self.id, n)
@@ -546,6 +549,21 @@ class Connection:
             self.metrics.points_out.inc(n)
         else:
             self._count_undelivered(n)
+
+    def _check_outputs(self, session: ScoringSession, point: Any) -> None:
+        """Once per init: warn (and count) when the points already carry a field or tag
+        this node writes, since the output would overwrite it in the emitted point."""
+        self._outputs_checked = session
+        present = session.check_point_outputs(point)
+        if present:
+            self.metrics.errors.labels("output_collision").inc()
+            log.error(
+                "conn=%d task=%s: the points already carry %s; this node's output overwrites "
+                "them (set .field() to another name, or drop them upstream)",
+                self.id,
+                self.task,
+                ", ".join(repr(p) for p in present),
+            )
 
     def _count_undelivered(self, n: int) -> None:
         if n:

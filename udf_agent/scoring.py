@@ -209,6 +209,7 @@ class ScoringSession:
             name, ref = parse_model_ref(options.fallback, options.model)
             self.fallback = self._load(name, ref, None, "fallback")
         self._check_features()
+        self._check_outputs()
         self._set_model_info(self.primary, 1)
         self._warn = _WarnThrottle()
 
@@ -228,6 +229,52 @@ class ScoringSession:
                     f"{m.name} v{m.version} expects features different from "
                     f"{self.primary.name} v{self.primary.version}; they cannot share a node"
                 )
+
+    def output_fields(self) -> list[str]:
+        """Fields this node adds to a point."""
+        out = [self.options.field, contract.IS_ANOMALY, contract.THRESHOLD, contract.SCORE_ERROR]
+        if self.challenger is not None:
+            out.append(contract.SCORE_CHALLENGER)
+        return out
+
+    def _check_outputs(self) -> None:
+        """An output may not overwrite an input: the model's features and the data
+        contract's own fields and tags are known at init (a point's other fields are not)."""
+        inputs = {f: "a field of the input measurement" for f in contract.INPUT_FIELDS}
+        inputs.update(
+            (f, f"a feature of {self.primary.name} v{self.primary.version}")
+            for f in self.primary.backend.feature_names
+        )
+        problems = [
+            f".field({name!r}) would overwrite {inputs[name]}"
+            if name == self.options.field
+            else f"output field {name!r} would overwrite {inputs[name]}"
+            for name in self.output_fields()
+            if name in inputs
+        ]
+        tags = [contract.SOURCE_TAG]
+        problems += [
+            f"output {name!r} would overwrite the input tag {name!r}"
+            for name in (self.options.field, *contract.OUTPUT_TAGS)
+            if name in tags
+        ]
+        if problems:
+            raise OptionError("; ".join(problems) + "; choose another .field() name")
+
+    def check_point_outputs(self, point: Any) -> list[str]:
+        """Output names already present in ``point`` (its fields or tags): checked on the
+        first point of a connection, whose fields the init could not know."""
+        present = []
+        for name in self.output_fields():
+            if (
+                name in point.fieldsDouble
+                or name in point.fieldsInt
+                or name in point.fieldsString
+                or name in point.fieldsBool
+            ):
+                present.append(name)
+        present += [t for t in (*contract.OUTPUT_TAGS, "fallback_for") if t in point.tags]
+        return present
 
     def _set_model_info(self, m: _Model, value: int) -> None:
         if self.metrics is not None:
@@ -333,13 +380,22 @@ class ScoringSession:
             used, s, err = self._score_with_fallback(X[good] if good.size < n else X)
             if err is None:
                 scores[good] = s
+                for j in self._bad_scores(s, used).tolist():
+                    errors[good[j]] = f"bad_score: the model returned {s[j]!r}, not a probability"
+                    scores[good[j]] = np.nan
             else:
                 for i in good:
                     errors[i] = err
         challenger_scores = None
         if self.challenger is not None and good.size and used is self.primary:
             try:
-                cs = self.challenger.backend.score(X[good] if good.size < n else X)
+                cs = np.asarray(
+                    self.challenger.backend.score(X[good] if good.size < n else X),
+                    dtype=np.float64,
+                ).reshape(-1)
+                if cs.shape[0] != good.size:
+                    raise BackendError(f"returned {cs.shape[0]} scores for {good.size} rows")
+                cs[self._bad_scores(cs, self.challenger)] = np.nan
                 challenger_scores = np.full(n, np.nan)
                 challenger_scores[good] = cs
             except Exception as exc:  # shadow model problems never affect the champion
@@ -387,6 +443,24 @@ class ScoringSession:
             return model, s, None
         return self.primary, None, last_reason
 
+    def _bad_scores(self, s: np.ndarray, model: _Model) -> np.ndarray:
+        """Indexes of scores that are not probabilities (NaN, infinite, outside [0, 1]):
+        they become score_error=bad_score, never a score field."""
+        bad = np.flatnonzero(~((s >= 0.0) & (s <= 1.0)))  # NaN compares false
+        if bad.size:
+            if self.metrics is not None:
+                self.metrics.errors.labels("bad_score").inc(bad.size)
+            self._warn.warning(
+                ("bad_score", model.name, model.version),
+                "backend returned %d score(s) that are not probabilities model=%s version=%s "
+                "first=%r",
+                bad.size,
+                model.name,
+                model.version,
+                float(s[bad[0]]),
+            )
+        return bad
+
     def _encode(
         self,
         points: Sequence[Any],
@@ -423,7 +497,7 @@ class ScoringSession:
                 extra = (
                     const + score_prefix + pack(s) + (true_entry if s >= threshold else false_entry)
                 )
-                if ch_list is not None:
+                if ch_list is not None and ch_list[i] == ch_list[i]:  # a bad one is left out
                     extra += ch_prefix + pack(ch_list[i])
             else:
                 error_count += 1

@@ -306,8 +306,9 @@ class AgentServer:
                 ", ".join(tasks),
             )
         start = time.monotonic()
-        # Score for most of the budget, leave the rest to write unscored points back.
-        score_deadline = start + 0.6 * timeout
+        # Score for half the budget; a backend call in progress then has the other half
+        # to finish while later points are written back unscored.
+        score_deadline = start + 0.5 * timeout
         for c in conns:
             c.shutdown(score_deadline)
         deadline = start + timeout
