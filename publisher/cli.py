@@ -114,8 +114,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--shutdown-timeout",
         type=float,
-        default=_env(env, "SHUTDOWN_TIMEOUT", "30"),
-        help="seconds to keep retrying unsent points after a stop request",
+        default=_env(env, "SHUTDOWN_TIMEOUT", "5"),
+        help="seconds to keep retrying unsent points after a stop request (default 5)",
     )
     p.add_argument(
         "--startup-timeout",

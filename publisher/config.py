@@ -37,7 +37,7 @@ class PublisherConfig:
     timeout: float = 10.0  #: HTTP timeout of one write
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
-    shutdown_timeout: float = 30.0  #: how long to keep retrying unsent points at exit
+    shutdown_timeout: float = 5.0  #: how long to keep retrying unsent points at exit
     startup_timeout: float = 60.0  #: how long to wait for InfluxDB to answer at start
     progress_interval: float = 5.0
     create_database: bool = True

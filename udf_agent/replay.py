@@ -168,6 +168,18 @@ def _request_frame(req: Any) -> bytes:
     return encode_frame(req.SerializeToString())
 
 
+def _wait_sliced(wait: Callable[[float], bool], timeout: float) -> bool:
+    """``wait(timeout)`` in short slices: the main thread returns to the interpreter
+    regularly, so a signal delivered to another thread still interrupts it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return wait(0)
+        if wait(min(left, 0.2)):
+            return True
+
+
 def _read_responses(
     sock: socket.socket, on_response: Callable[[Any], None], timeout: float | None
 ) -> None:
@@ -402,84 +414,92 @@ def run_replay(
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(socket_path))
-    reader_exc: list[BaseException] = []
-
-    def reader() -> None:
-        try:
-            _read_responses(sock, on_response, timeout=None)
-            report.closed_by_agent = True
-        except BaseException as exc:  # reported after the run
-            reader_exc.append(exc)
-            init_done.set()
-
-    rt = threading.Thread(target=reader, name="replay-reader", daemon=True)
-    rt.start()
-    sock.sendall(_request_frame(init))
-    if not init_done.wait(60):
-        sock.close()
-        raise ReplayError("no init response within 60 s")
-    if init_error or report.error_responses:
-        sock.close()
-        raise ReplayError(f"agent refused init: {(init_error or report.error_responses)[0]}")
-
-    def keepalive_frame() -> bytes:
-        report.keepalives_sent += 1
-        return _request_frame(pb.Request(keepalive=pb.KeepaliveRequest(time=time.time_ns())))
-
-    started = time.perf_counter()
-    next_ka = started + keepalive_interval
-    sent = 0
-    last_progress = started
-    batch_begin = pb.Request()
-    batch_begin.begin.name = contract.INPUT_MEASUREMENT
     try:
-        while sent < total:
-            now = time.perf_counter()
-            if rate > 0:
-                due = min(total, int((now - started) * rate) + 1)
-                if due <= sent:
-                    time.sleep(min(0.001, (sent + 1) / rate - (now - started)))
-                    continue
-                k = min(due - sent, chunk)
-            else:
-                k = min(chunk, total - sent)
-            parts = []
-            if now >= next_ka:
-                parts.append(keepalive_frame())
-                next_ka = now + keepalive_interval
-            if edge == "batch":
-                k = min(batch_size, total - sent)
-                batch_begin.begin.size = k
-                parts.append(_request_frame(batch_begin))
-            for i in range(sent, sent + k):
-                parts.append(_point_frame(payloads[i % n_payloads], t0 + i))
-            if edge == "batch":
-                end = pb.Request()
-                end.end.name = contract.INPUT_MEASUREMENT
-                end.end.tmax = t0 + sent + k - 1
-                parts.append(_request_frame(end))
-                report.batches_sent += 1
-            send_at[sent : sent + k] = time.perf_counter()
-            sock.sendall(b"".join(parts))
-            sent += k
-            if on_progress is not None and now - last_progress >= 1.0:
-                on_progress(sent, int(np.count_nonzero(seen)))
-                last_progress = now
-        # Keep the keepalives going until every point is back, like a running task.
-        deadline = time.perf_counter() + close_timeout
-        while np.count_nonzero(seen) < total and time.perf_counter() < deadline and rt.is_alive():
-            if time.perf_counter() >= next_ka:
-                sock.sendall(keepalive_frame())
-                next_ka = time.perf_counter() + keepalive_interval
-            time.sleep(0.005)
-        sock.sendall(keepalive_frame())
-        time.sleep(0.05)
-        sock.shutdown(socket.SHUT_WR)  # task stop: half-close and wait for the agent
-    except OSError as exc:
-        report.error_responses.append(f"write failed: {exc}")
-    rt.join(close_timeout)
-    with contextlib.suppress(OSError):
+        reader_exc: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                _read_responses(sock, on_response, timeout=None)
+                report.closed_by_agent = True
+            except BaseException as exc:  # reported after the run
+                reader_exc.append(exc)
+                init_done.set()
+
+        rt = threading.Thread(target=reader, name="replay-reader", daemon=True)
+        rt.start()
+        sock.sendall(_request_frame(init))
+        if not _wait_sliced(init_done.wait, 60):
+            sock.close()
+            raise ReplayError("no init response within 60 s")
+        if init_error or report.error_responses:
+            sock.close()
+            raise ReplayError(f"agent refused init: {(init_error or report.error_responses)[0]}")
+
+        def keepalive_frame() -> bytes:
+            report.keepalives_sent += 1
+            return _request_frame(pb.Request(keepalive=pb.KeepaliveRequest(time=time.time_ns())))
+
+        started = time.perf_counter()
+        next_ka = started + keepalive_interval
+        sent = 0
+        last_progress = started
+        batch_begin = pb.Request()
+        batch_begin.begin.name = contract.INPUT_MEASUREMENT
+        try:
+            while sent < total:
+                now = time.perf_counter()
+                if rate > 0:
+                    due = min(total, int((now - started) * rate) + 1)
+                    if due <= sent:
+                        time.sleep(min(0.001, (sent + 1) / rate - (now - started)))
+                        continue
+                    k = min(due - sent, chunk)
+                else:
+                    k = min(chunk, total - sent)
+                parts = []
+                if now >= next_ka:
+                    parts.append(keepalive_frame())
+                    next_ka = now + keepalive_interval
+                if edge == "batch":
+                    k = min(batch_size, total - sent)
+                    batch_begin.begin.size = k
+                    parts.append(_request_frame(batch_begin))
+                for i in range(sent, sent + k):
+                    parts.append(_point_frame(payloads[i % n_payloads], t0 + i))
+                if edge == "batch":
+                    end = pb.Request()
+                    end.end.name = contract.INPUT_MEASUREMENT
+                    end.end.tmax = t0 + sent + k - 1
+                    parts.append(_request_frame(end))
+                    report.batches_sent += 1
+                send_at[sent : sent + k] = time.perf_counter()
+                sock.sendall(b"".join(parts))
+                sent += k
+                if on_progress is not None and now - last_progress >= 1.0:
+                    on_progress(sent, int(np.count_nonzero(seen)))
+                    last_progress = now
+            # Keep the keepalives going until every point is back, like a running task.
+            deadline = time.perf_counter() + close_timeout
+            while (
+                np.count_nonzero(seen) < total and time.perf_counter() < deadline and rt.is_alive()
+            ):
+                if time.perf_counter() >= next_ka:
+                    sock.sendall(keepalive_frame())
+                    next_ka = time.perf_counter() + keepalive_interval
+                time.sleep(0.005)
+            sock.sendall(keepalive_frame())
+            time.sleep(0.05)
+            sock.shutdown(socket.SHUT_WR)  # task stop: half-close and wait for the agent
+        except OSError as exc:
+            report.error_responses.append(f"write failed: {exc}")
+        _wait_sliced(lambda t: rt.join(t) or not rt.is_alive(), close_timeout)
+        with contextlib.suppress(OSError):
+            sock.close()
+    except BaseException:
+        # Interrupted (Ctrl-C, a stop signal): close now, so the agent does not keep
+        # writing to a peer that no longer reads.
         sock.close()
+        raise
     finished = np.nanmax(recv_at) if np.any(~np.isnan(recv_at)) else time.perf_counter()
     if on_progress is not None:
         on_progress(sent, int(np.count_nonzero(seen)))
