@@ -126,7 +126,7 @@ def test_a_peer_that_writes_without_reading_is_held_at_the_bound(tmp_path, regis
         times = [c.recv_kind("point").point.time for _ in range(n)]
         assert done.wait(WAIT)
         assert times == list(range(1, n + 1))
-        assert _metric(srv, "udf_agent_points_out_total") == n
+        _eventually(lambda: _metric(srv, "udf_agent_points_out_total") == n)
         _eventually(lambda: srv.budget.total == 0)
     finally:
         srv.stop()
@@ -268,12 +268,16 @@ def test_points_that_already_carry_an_output_are_reported(tmp_path, registry, ca
         srv.stop()
 
 
+_BAD = {101.0: np.nan, 102.0: np.inf, 103.0: -0.5, 104.0: 1.5}
+
+
 class _BadScores(SklearnBackend):
-    """Returns NaN, +inf, -0.5 and 1.5 for the first four rows."""
+    """Returns NaN, +inf, -0.5 and 1.5 for rows whose first feature is 101..104."""
 
     def score(self, X):
         s = super().score(X)
-        s[:4] = [np.nan, np.inf, -0.5, 1.5]
+        for i, marker in enumerate(X[:, 0].tolist()):
+            s[i] = _BAD.get(marker, s[i])
         return s
 
 
@@ -287,8 +291,10 @@ def test_a_score_that_is_not_a_probability_becomes_score_error(tmp_path):
     try:
         c = Client(srv.config.socket_path, timeout=WAIT)
         assert c.init({"model": "creditcard", "maxBatch": 6, "maxDelay": ("duration", 0)}).success
-        for f in _point_frames(6):
-            c.send(f)
+        X = np.random.default_rng(9).normal(size=(6, len(contract.FEATURES)))
+        X[:4, 0] = list(_BAD)
+        for i, row in enumerate(X):
+            c.send(req(point=row_point(row, t=i + 1, txn=f"b{i}")))
         points = c.recv_points(6)
         for p in points[:4]:
             assert "score" not in p.fieldsDouble
