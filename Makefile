@@ -8,7 +8,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-fast lint format bench proto notebooks smoke env clean
+.PHONY: help venv demo test test-fast lint format bench proto notebooks smoke env k8s-env clean
 
 help:
 	@echo "make demo     - create the venv if needed and run the end-to-end demo"
@@ -20,6 +20,7 @@ help:
 	@echo "make notebooks- regenerate the notebooks in notebooks/ from their source"
 	@echo "make env      - write .env with random credentials for the compose stack"
 	@echo "make smoke    - query every compose service's health on 127.0.0.1"
+	@echo "make k8s-env  - write deploy/kubernetes/base/stack.env (the Kubernetes Secret)"
 
 venv: $(STAMP)
 
@@ -59,6 +60,10 @@ notebooks: venv
 
 env:
 	$(PYTHON) compose/scripts/make_env.py $(if $(FORCE),--force,)
+
+# the same variables as `make env`, for the Kubernetes Secret (docs/kubernetes.md)
+k8s-env:
+	$(PYTHON) compose/scripts/make_env.py --output deploy/kubernetes/base/stack.env --no-link $(if $(FORCE),--force,)
 
 smoke:
 	$(PYTHON) compose/scripts/smoke.py

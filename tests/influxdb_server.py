@@ -64,7 +64,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   store-enabled = false
 
 [subscriber]
-  enabled = false
+  enabled = {subscriber}
 
 [http]
   enabled = true
@@ -95,11 +95,14 @@ class InfluxDBServer:
         auth: tuple[str, str] | None = None,
         http_port: int | None = None,
         startup_timeout: float = 30.0,
+        subscriber: bool = False,
     ) -> None:
         self.binary = binary or shutil.which("influxd") or "influxd"
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="influxd-"))
         self.auth = auth
+        #: forward writes to CREATE SUBSCRIPTION destinations (off: no background writes)
+        self.subscriber = subscriber
         self.http_port = http_port or free_port()
         self.rpc_port = free_port()
         self.startup_timeout = startup_timeout
@@ -135,6 +138,7 @@ class InfluxDBServer:
                 data=self.base_dir / "data",
                 wal=self.base_dir / "wal",
                 auth_enabled="true" if self.auth else "false",
+                subscriber="true" if self.subscriber else "false",
             )
         )
 

@@ -65,6 +65,7 @@ class TFServingPeer(prediction_service_pb2_grpc.PredictionServiceServicer):
         serving_dir: Path,
         *,
         labels: dict[str, dict[str, int]] | None = None,
+        host: str = "127.0.0.1",
         port: int = 0,
         max_workers: int = 8,
     ) -> None:
@@ -89,8 +90,9 @@ class TFServingPeer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._released = threading.Event()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
-        self.target = f"127.0.0.1:{self.port}"
+        self.host = host
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        self.target = f"{host}:{self.port}"
         self._rest: ThreadingHTTPServer | None = None
         self.rest_url: str | None = None
         self._rest_thread: threading.Thread | None = None

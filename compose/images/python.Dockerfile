@@ -27,7 +27,12 @@ ARG EXTRAS=""
 # client are the version the tfserving service runs: TF Serving reads SavedModels of its
 # own version or older. Keep equal to the tensorflow/serving tag in docker-compose.yml.
 ARG TF_VERSION=2.20.0
-RUN pip install --upgrade pip \
+# pinned like every other input of the image (hadolint DL3013)
+ARG PIP_VERSION=26.3
+# DL3013 flags "$wheel": the project's own wheel, built from this context just above; its
+# dependencies are ranges on purpose (pyproject.toml), TensorFlow is pinned by -c.
+# hadolint ignore=DL3013
+RUN pip install "pip==${PIP_VERSION}" \
  && pip wheel --no-deps --wheel-dir /wheels . \
  && wheel="$(ls /wheels/*.whl)" \
  && printf 'tensorflow==%s\ntensorflow-serving-api==%s\n' "$TF_VERSION" "$TF_VERSION" > /tmp/tf.txt \
@@ -40,7 +45,10 @@ RUN pip install "jupyterlab==${JUPYTERLAB_VERSION}"
 FROM ${PYTHON_IMAGE} AS base
 ARG APP_UID=10001
 ARG APP_GID=10001
-ENV PATH=/opt/venv/bin:$PATH \
+# ENV, not only ARG: the runtime stages below name the user numerically from these
+ENV APP_UID=${APP_UID} \
+    APP_GID=${APP_GID} \
+    PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONSAFEPATH=1 \
@@ -58,12 +66,13 @@ WORKDIR /app
 
 FROM base AS runtime
 COPY --from=builder /opt/venv /opt/venv
-USER app:app
+# numeric, so Kubernetes' runAsNonRoot can verify it without a runAsUser
+USER ${APP_UID}:${APP_GID}
 CMD ["python", "-m", "udf_agent", "--help"]
 
 FROM base AS jupyter
 COPY --from=jupyter-builder /opt/venv /opt/venv
 RUN mkdir -p /app/notebooks && chown app:app /app/notebooks
-USER app:app
+USER ${APP_UID}:${APP_GID}
 EXPOSE 10000
 CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=10000", "--no-browser", "--ServerApp.root_dir=/app"]

@@ -20,6 +20,7 @@ Importing registers the backend kinds ``tf`` and ``tfserving`` with
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -52,6 +53,11 @@ RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 MAX_ROWS_PER_REQUEST = 16_384
 #: do not start a retry with less than this left of the deadline budget (seconds)
 MIN_RETRY_BUDGET = 0.005
+#: gRPC service config of the channel: client-side round_robin over every address the
+#: target resolves to. With ``dns:///tfserving:8500`` and a headless Service, each TF
+#: Serving replica gets its share of the calls (pick_first, gRPC's default, would send
+#: them all to one); a target with a single address behaves as before.
+ROUND_ROBIN_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
 # -- configuration -------------------------------------------------------------------
@@ -238,7 +244,12 @@ def _signature_from_json(sig: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class GrpcTransport:
-    """``PredictionService`` over one reused gRPC channel."""
+    """``PredictionService`` over one reused gRPC channel.
+
+    ``target`` is any gRPC target: ``host:port``, ``dns:///host:port`` (every address the
+    name resolves to, e.g. a headless Service's pods) or ``ipv4:a:p,b:p``; calls are spread
+    over the resolved addresses with round_robin (``ROUND_ROBIN_SERVICE_CONFIG``).
+    """
 
     name = "grpc"
 
@@ -268,6 +279,7 @@ class GrpcTransport:
                 # breaker's probe. Cap it at the breaker's cool-down.
                 ("grpc.initial_reconnect_backoff_ms", max(50, min(1000, backoff_ms))),
                 ("grpc.max_reconnect_backoff_ms", max(100, backoff_ms)),
+                ("grpc.service_config", ROUND_ROBIN_SERVICE_CONFIG),
             ],
         )
         self._predict = self._channel.unary_unary(
