@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -680,6 +681,100 @@ def test_influx_queries_name_only_contract_measurements_and_fields():
             assert not unknown, f"{name}: {panel['title']}: not in the contract: {unknown}"
             checked += 1
     assert checked >= 10
+
+
+def _influx_targets():
+    for name, dashboard in _dashboards().items():
+        for panel, target in _targets(dashboard):
+            if (target.get("datasource") or panel["datasource"])["uid"] == "influxdb-fraud":
+                yield name, panel, target
+
+
+def test_dashboards_filter_and_group_by_model():
+    per_model = (contract.SCORED_MEASUREMENT, contract.MODEL_QUALITY_MEASUREMENT)
+    checked = 0
+    for name, panel, target in _influx_targets():
+        query = target["query"]
+        if not any(f'"{m}"' in query for m in per_model):
+            continue
+        where = f"{name}: {panel['title']}"
+        assert '"model" =~ /^$model$/' in query, f"{where}: not filtered by $model"
+        group = query.split("GROUP BY", 1)[1] if "GROUP BY" in query else ""
+        assert '"model"' in group or re.search(r",\s*\*", group), f"{where}: not per model"
+        assert "$tag_model" in target.get("alias", ""), f"{where}: series not named by model"
+        checked += 1
+    assert checked >= 12
+    for dashboard in ("live-scoring.json", "model-quality.json"):
+        (var,) = _dashboards()[dashboard]["templating"]["list"]
+        assert var["name"] == "model" and var["multi"] and var["includeAll"]
+        assert (
+            var["query"]
+            == 'SHOW TAG VALUES FROM "autogen"."transactions_scored" WITH KEY = "model"'
+        )
+
+
+def test_dashboards_read_thresholds_from_the_data_and_the_latest_points():
+    for name, panel, target in _influx_targets():
+        query = target["query"]
+        # a score compared with a number would be a threshold someone typed in
+        assert not re.search(r'"score\w*"\s*[<>]=?\s*0*\.?\d*[1-9]', query), (name, query)
+        if "LIMIT" in query:
+            assert "ORDER BY time DESC LIMIT" in query, (name, panel["title"])
+
+
+@pytest.mark.influxdb
+def test_every_dashboard_query_runs_on_a_real_influxdb(influxdb):
+    """The InfluxQL of every panel and variable, with Grafana's macros filled in as Grafana
+    does, against scored points of two models (one with a challenger)."""
+    influxdb.create_database(contract.DATABASE)
+    now = time.time_ns()
+    lines = [
+        f"transactions,source=s Amount=1.0,label=0i {now - 5 * 10**9}",
+        "transactions_scored,source=s,model=a,model_version=1 "
+        f'Amount=1.0,label=0i,txn_id="e",score_error="missing V1",threshold=0.22 {now - 10**9}',
+    ]
+    for i in range(20):
+        ts = now - (i + 1) * 10**9
+        common = f'Amount=1.0,label={i % 2}i,txn_id="t{i}",score=0.{i % 9 + 1},is_anomaly={str(i % 3 == 0).lower()}'
+        lines.append(
+            f"transactions_scored,source=s,model=a,model_version=1 {common},threshold=0.22,"
+            f"score_challenger=0.{(i + 4) % 9 + 1},threshold_challenger=0.6 {ts}"
+        )
+        lines.append(
+            f"transactions_scored,source=s,model=b,model_version=3 {common},threshold=0.9 {ts}"
+        )
+        lines.append(
+            f"model_quality,model=a,model_version=1 precision=0.5,recall=0.5,alert_rate=0.1,"
+            f"tp=1i,fp=1i,fn=1i,flagged=2i,total=20i {ts}"
+        )
+    influxdb.write(contract.DATABASE, "\n".join(lines))
+
+    def run(query: str, models: str) -> list[dict]:
+        q = (
+            query.replace("$timeFilter", "time > now() - 1h")
+            .replace("$__interval_ms", "10000")
+            .replace("$__interval", "10s")
+            .replace("$model", models)
+        )
+        (result,) = influxdb.query(q, db=contract.DATABASE, epoch=None)
+        assert "error" not in result, (q, result)
+        return result.get("series", [])
+
+    for dashboard in ("live-scoring.json", "model-quality.json"):
+        (var,) = _dashboards()[dashboard]["templating"]["list"]
+        values = {v[1] for s in run(var["query"], "") for v in s["values"]}
+        assert values == {"a", "b"}
+    checked = 0
+    for name, panel, target in _influx_targets():
+        series = run(target["query"], "(a|b)")
+        if '"model" =~' not in target["query"]:
+            continue
+        models = {s.get("tags", {}).get("model") for s in series}
+        assert models <= {"a", "b"} and models, (name, panel["title"], target["refId"])
+        only_b = {s.get("tags", {}).get("model") for s in run(target["query"], "b")}
+        assert only_b <= {"b"}, (name, panel["title"])
+        checked += 1
+    assert checked >= 12
 
 
 def test_prometheus_queries_name_metrics_the_services_export():
