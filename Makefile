@@ -8,7 +8,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-fast lint format bench proto notebooks smoke env clean
+.PHONY: help venv demo test test-fast lint format bench proto notebooks generate smoke env clean
 
 help:
 	@echo "make demo     - create the venv if needed and run the end-to-end demo"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench    - run the benchmarks in bench/ and print their figures"
 	@echo "make proto    - regenerate the protocol descriptors from the .proto files"
 	@echo "make notebooks- regenerate the notebooks in notebooks/ from their source"
+	@echo "make generate - regenerate the Kapacitor task files and the Grafana dashboards"
 	@echo "make env      - write .env with random credentials for the compose stack"
 	@echo "make smoke    - query every compose service's health on 127.0.0.1"
 
@@ -56,6 +57,10 @@ proto: venv
 
 notebooks: venv
 	$(BIN)/python notebooks/make_notebooks.py
+
+generate: venv
+	$(BIN)/python compose/scripts/gen_tasks.py
+	$(BIN)/python compose/scripts/gen_dashboards.py
 
 env:
 	$(PYTHON) compose/scripts/make_env.py $(if $(FORCE),--force,)
