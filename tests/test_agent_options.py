@@ -114,3 +114,11 @@ def test_info_response_lists_every_option_with_its_types():
 )
 def test_model_refs(text, expected):
     assert parse_model_ref(text, "m") == expected
+
+
+@pytest.mark.parametrize(
+    "name", ["is_anomaly", "threshold", "score_error", "score_challenger", "threshold_challenger"]
+)
+def test_the_score_field_cannot_take_another_outputs_name(name):
+    with pytest.raises(OptionError, match=rf"\.field\('{name}'\)"):
+        _parse({"model": "m", "field": name})

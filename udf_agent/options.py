@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from models import contract
+
 from .errors import OptionError
 from .protocol import messages as pb
 
@@ -130,7 +132,14 @@ def parse_init_options(options: Any) -> ScoreOptions:
     if not version:
         problems.append(".version() must not be empty")
     out_field = values.get("field", "score")
-    if not out_field or out_field in ("is_anomaly", "threshold", "score_error", "score_challenger"):
+    reserved = (
+        contract.IS_ANOMALY,
+        contract.THRESHOLD,
+        contract.SCORE_ERROR,
+        contract.SCORE_CHALLENGER,
+        contract.THRESHOLD_CHALLENGER,
+    )
+    if not out_field or out_field in reserved:
         problems.append(f".field({out_field!r}) must be a non-empty name not used by other outputs")
     threshold = values.get("threshold")
     if threshold == CARD_THRESHOLD:
