@@ -8,7 +8,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-fast lint format bench proto notebooks smoke env k8s-env clean
+.PHONY: help venv demo test test-fast lint format bench proto notebooks generate smoke env k8s-env clean
 
 help:
 	@echo "make demo     - create the venv if needed and run the end-to-end demo"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench    - run the benchmarks in bench/ and print their figures"
 	@echo "make proto    - regenerate the protocol descriptors from the .proto files"
 	@echo "make notebooks- regenerate the notebooks in notebooks/ from their source"
+	@echo "make generate - regenerate the Kapacitor task files, the Grafana dashboards and the Kubernetes copies"
 	@echo "make env      - write .env with random credentials for the compose stack"
 	@echo "make smoke    - query every compose service's health on 127.0.0.1"
 	@echo "make k8s-env  - write deploy/kubernetes/base/stack.env (the Kubernetes Secret)"
@@ -57,6 +58,11 @@ proto: venv
 
 notebooks: venv
 	$(BIN)/python notebooks/make_notebooks.py
+
+generate: venv
+	$(BIN)/python compose/scripts/gen_tasks.py
+	$(BIN)/python compose/scripts/gen_dashboards.py
+	$(BIN)/python deploy/kubernetes/sync_files.py
 
 env:
 	$(PYTHON) compose/scripts/make_env.py $(if $(FORCE),--force,)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import logging
 import threading
@@ -127,16 +129,31 @@ def _error(status: int, message: str, **extra: Any) -> tuple[Response, int]:
     return jsonify({"error": message, "status": status, **extra}), status
 
 
+def _supplied_token(header: str) -> bytes | None:
+    """The secret of an Authorization header: ``Bearer <token>``, or ``Basic`` with the
+    token as the password (any user name). Kapacitor's ``[[httppost]]`` endpoint sends
+    basic auth, which its configuration API redacts, unlike headers."""
+    scheme, _, value = header.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return value.strip().encode("utf-8")
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        _, sep, password = decoded.partition(b":")
+        return password if sep else None
+    return None
+
+
 def require_token(view: Callable) -> Callable:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any):
         token = _sink().config.token
         if token is not None:
-            header = request.headers.get("Authorization", "")
-            scheme, _, supplied = header.partition(" ")
-            ok = scheme.lower() == "bearer" and hmac.compare_digest(
-                supplied.strip().encode("utf-8"), token.encode("utf-8")
-            )
+            supplied = _supplied_token(request.headers.get("Authorization", ""))
+            ok = supplied is not None and hmac.compare_digest(supplied, token.encode("utf-8"))
             if not ok:
                 _sink().metrics.rejected.labels(reason="unauthorized").inc()
                 response, status = _error(401, "missing or invalid bearer token")

@@ -53,8 +53,9 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.add_argument(
         "--es-compat-version",
         type=int,
-        default=e("ES_COMPAT_VERSION", "8"),
-        help="REST API compatibility level sent to Elasticsearch (8 works with 8.x and 9.x)",
+        default=e("ES_COMPAT_VERSION") or None,
+        help="REST API compatibility level sent to Elasticsearch (default: the client's own "
+        "major; 8 for an Elasticsearch 8 server)",
     )
     p.add_argument(
         "--max-body-bytes", type=int, default=e("MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES))

@@ -43,8 +43,9 @@ class SinkConfig:
     es_password: str | None = None
     es_index: str = ALERT_INDEX
     es_request_timeout: float = 30.0
-    # REST API compatibility level sent in Accept/Content-Type: 8 is understood by 8.x and 9.x.
-    es_compat_version: int = 8
+    # REST API compatibility level sent in Accept/Content-Type; None: the client's own
+    # (its major, what a server of the same major expects). 8 for an Elasticsearch 8 server.
+    es_compat_version: int | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     batch_size: int = 500
     poll_interval: float = 1.0

@@ -1,9 +1,9 @@
 """Elasticsearch side: index template, bulk indexing with per-item outcomes, ping.
 
-The official client (8.x or 9.x) asks for REST API compatibility with its own major
-version (``compatible-with=9`` for client 9), which an Elasticsearch 8 server rejects.
-:class:`CompatElasticsearch` sends ``compatible-with=<es_compat_version>`` instead
-(default 8), which both 8.x and 9.x servers accept.
+The official client asks for REST API compatibility with its own major version
+(``compatible-with=9`` for client 9), which a server of that major accepts as it is. Only
+for an older server (``--es-compat-version 8`` for Elasticsearch 8) does
+:class:`CompatElasticsearch` send that level instead.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class CompatElasticsearch(Elasticsearch):
-    """The official client, pinned to one REST compatibility level on every request."""
+    """The official client, pinned to one REST compatibility level on every request
+    (only used when a level is asked for: a server one major older than the client)."""
 
     compat_version = 8
 
@@ -135,15 +136,23 @@ class ElasticsearchTarget:
         username: str | None = None,
         password: str | None = None,
         request_timeout: float = 30.0,
-        compat_version: int = 8,
+        compat_version: int | None = None,
         client_factory: Callable[..., Elasticsearch] | None = None,
     ) -> None:
         self.url = redact_url(url)  # for logs and /health; the client gets the real one
         self.index = index
         basic_auth = (username, password or "") if username else None
-        factory = client_factory or type(
-            "PinnedElasticsearch", (CompatElasticsearch,), {"compat_version": compat_version}
-        )
+        factory = client_factory
+        if factory is None:
+            factory = (
+                Elasticsearch
+                if compat_version is None
+                else type(
+                    "PinnedElasticsearch",
+                    (CompatElasticsearch,),
+                    {"compat_version": compat_version},
+                )
+            )
         # Retries are ours (spool + backoff), so the transport must not retry on its own.
         self.client = factory(
             url,
@@ -159,6 +168,11 @@ class ElasticsearchTarget:
         except ApiError as exc:
             status = exc.meta.status
             message = f"{what}: HTTP {status}: {_reason(_error_body(exc.body))}"
+            if "media_type_header_exception" in message:
+                message += (
+                    " (the server does not speak this client's REST API version; for an "
+                    "Elasticsearch one major older, set --es-compat-version to its major)"
+                )
             if status in RETRYABLE_STATUSES:
                 raise ElasticsearchUnavailable(message) from exc
             raise ElasticsearchError(message) from exc

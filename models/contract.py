@@ -11,6 +11,7 @@ __all__ = [
     "SCORE_CHALLENGER",
     "SCORE_ERROR",
     "THRESHOLD",
+    "THRESHOLD_CHALLENGER",
     "ALERT_DOC_FIELDS",
     "ALERT_INDEX",
     "DATABASE",
@@ -46,8 +47,10 @@ SCORE = "score"
 IS_ANOMALY = "is_anomaly"
 THRESHOLD = "threshold"
 SCORE_CHALLENGER = "score_challenger"
+#: the challenger's decision threshold, written with every score_challenger
+THRESHOLD_CHALLENGER = "threshold_challenger"
 SCORE_ERROR = "score_error"
-OUTPUT_FIELDS = [SCORE, IS_ANOMALY, THRESHOLD, SCORE_CHALLENGER, SCORE_ERROR]
+OUTPUT_FIELDS = [SCORE, IS_ANOMALY, THRESHOLD, SCORE_CHALLENGER, THRESHOLD_CHALLENGER, SCORE_ERROR]
 MODEL_TAG = "model"
 MODEL_VERSION_TAG = "model_version"
 OUTPUT_TAGS = [MODEL_TAG, MODEL_VERSION_TAG]

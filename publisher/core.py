@@ -162,6 +162,18 @@ class Publisher:
             try:
                 self.writer.ensure_database()
                 return
+            except InfluxRejectedError as exc:
+                if exc.status != 403:
+                    raise
+                # A user with write rights only (least privilege) may not CREATE DATABASE;
+                # the database is then expected to exist, which the first write tells.
+                log.warning(
+                    "event=database_not_created database=%s reason=%r "
+                    "(no admin rights: writing into the existing database)",
+                    self.config.database,
+                    str(exc),
+                )
+                return
             except InfluxUnavailableError as exc:
                 if self._clock() + delay > deadline or self._stop.is_set():
                     raise InfluxUnavailableError(

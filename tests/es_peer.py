@@ -67,7 +67,7 @@ class ElasticsearchPeer:
     def __init__(
         self,
         *,
-        version: str = "8.15.0",
+        version: str = "9.5.2",
         port: int = 0,
         username: str | None = None,
         password: str | None = None,

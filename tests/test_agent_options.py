@@ -6,7 +6,13 @@ import pytest
 from agent_helpers import init_req, unframe
 
 from udf_agent.errors import OptionError
-from udf_agent.options import OPTION_SPECS, ScoreOptions, info_response, parse_init_options
+from udf_agent.options import (
+    CARD_THRESHOLD,
+    OPTION_SPECS,
+    ScoreOptions,
+    info_response,
+    parse_init_options,
+)
 from udf_agent.protocol import messages as pb
 from udf_agent.scoring import parse_model_ref
 
@@ -48,14 +54,31 @@ def test_all_options():
     assert o.backend == "tfserving" and o.fallback == "creditcard@production"
 
 
+@pytest.mark.parametrize("value", [CARD_THRESHOLD, -1.0])
+def test_threshold_minus_one_means_the_cards(value):
+    # the score_transactions template's default: Kapacitor always sends .threshold()
+    assert _parse({"model": "m", "threshold": value}).threshold is None
+
+
+@pytest.mark.parametrize("value", [0.0, 0.224, 1.0])
+def test_a_threshold_between_0_and_1_overrides_the_card(value):
+    assert _parse({"model": "m", "threshold": value}).threshold == value
+
+
+@pytest.mark.parametrize("value", [-0.999, -2.0, 1.0001])
+def test_other_thresholds_are_refused(value):
+    with pytest.raises(OptionError, match="between 0 and 1, or -1"):
+        _parse({"model": "m", "threshold": value})
+
+
 def test_every_problem_is_reported_at_once():
     with pytest.raises(OptionError) as e:
-        _parse({"maxBatch": 0, "threshold": -1.0, "bogus": 1, "field": "is_anomaly"})
+        _parse({"maxBatch": 0, "threshold": -0.5, "bogus": 1, "field": "is_anomaly"})
     msg = str(e.value)
     for part in (
         "missing .model(name)",
         ".maxBatch(0)",
-        ".threshold(-1.0)",
+        ".threshold(-0.5) must be between 0 and 1, or -1 for the model card's threshold",
         "unknown option .bogus()",
         ".field('is_anomaly')",
     ):
@@ -91,3 +114,11 @@ def test_info_response_lists_every_option_with_its_types():
 )
 def test_model_refs(text, expected):
     assert parse_model_ref(text, "m") == expected
+
+
+@pytest.mark.parametrize(
+    "name", ["is_anomaly", "threshold", "score_error", "score_challenger", "threshold_challenger"]
+)
+def test_the_score_field_cannot_take_another_outputs_name(name):
+    with pytest.raises(OptionError, match=rf"\.field\('{name}'\)"):
+        _parse({"model": "m", "field": name})

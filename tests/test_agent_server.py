@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -349,6 +350,78 @@ def test_challenger_is_shadow_scored(server, registry):
         [p.fieldsDouble["score_challenger"] for p in got], model2.predict_proba(X)[:, 1]
     )
     assert all(p.tags["model_version"] == "1" for p in got)
+
+
+def _set_aliases(registry: Registry, name: str, aliases: dict[str, str]) -> None:
+    time.sleep(0.01)  # distinct aliases.json mtime
+    path = registry.aliases_path(name)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(aliases))
+    os.replace(tmp, path)
+
+
+def test_challenger_alias_promoted_after_init_is_picked_up_and_dropped_when_removed(
+    server, registry, caplog
+):
+    caplog.set_level("INFO", logger="udf_agent.scoring")
+    X = _rows(3, seed=21)
+    c = Client(server.config.socket_path)
+    # the alias does not exist yet: init succeeds and the champion scores alone
+    assert c.init(
+        {"model": "creditcard", "challenger": "challenger", "maxDelay": ("duration", 0)}
+    ).success
+    c.send(req(point=row_point(X[0], t=1, txn="a")))
+    (p1,) = c.recv_points(1)
+    assert "score" in p1.fieldsDouble and "score_challenger" not in p1.fieldsDouble
+    assert any("challenger not available" in r.message for r in caplog.records)
+    # promoted later: shadow-scored from the next batch, with its own card's threshold
+    card2, model2 = register_tiny(registry, "creditcard", seed=42, alias=None, threshold=0.3)
+    _set_aliases(registry, "creditcard", {"production": "1", "challenger": card2.version})
+    c.send(req(point=row_point(X[1], t=2, txn="b")))
+    (p2,) = c.recv_points(1)
+    assert p2.fieldsDouble["score_challenger"] == pytest.approx(
+        model2.predict_proba(X[1:2])[0, 1], rel=1e-12
+    )
+    assert p2.fieldsDouble["threshold_challenger"] == 0.3
+    assert p2.fieldsDouble["threshold"] == 0.5  # the champion keeps its own
+    assert p2.tags["model_version"] == "1"
+    assert any("challenger active" in r.message for r in caplog.records)
+    # alias removed: shadow scoring stops, the champion goes on
+    _set_aliases(registry, "creditcard", {"production": "1"})
+    c.send(req(point=row_point(X[2], t=3, txn="c")))
+    (p3,) = c.recv_points(1)
+    assert "score" in p3.fieldsDouble and "score_challenger" not in p3.fieldsDouble
+    assert any("challenger removed" in r.message for r in caplog.records)
+
+
+def test_an_unusable_challenger_never_stops_the_champion(server, registry):
+    # features the champion does not have: refused, counted, and the task still scores
+    model, X, y = train_tiny(3)
+    reg_card = registry.register(
+        "creditcard", model, features=[f"f{i}" for i in range(X.shape[1])], threshold=0.5
+    )
+    registry.promote("creditcard", reg_card.version, "challenger")
+    c = Client(server.config.socket_path)
+    assert c.init(
+        {"model": "creditcard", "challenger": "challenger", "maxDelay": ("duration", 0)}
+    ).success
+    c.send(req(point=row_point(_rows(1)[0], t=1, txn="a")))
+    (p,) = c.recv_points(1)
+    assert "score" in p.fieldsDouble and "score_challenger" not in p.fieldsDouble
+    assert _metric(server, "udf_agent_errors_total", {"reason": "challenger_failed"}) == 1
+    # not retried on every batch while the alias stays where it is
+    c.send(req(point=row_point(_rows(1)[0], t=2, txn="b")))
+    c.recv_points(1)
+    assert _metric(server, "udf_agent_errors_total", {"reason": "challenger_failed"}) == 1
+
+
+def test_an_explicit_threshold_applies_to_champion_and_challenger(server, registry):
+    card2, _ = register_tiny(registry, "creditcard", seed=42, alias="challenger", threshold=0.3)
+    c = Client(server.config.socket_path)
+    assert c.init({"model": "creditcard", "challenger": "challenger", "threshold": 0.7}).success
+    c.send(req(point=row_point(_rows(1)[0], t=1, txn="a")))
+    (p,) = c.recv_points(1)
+    assert p.fieldsDouble["threshold"] == 0.7 and p.fieldsDouble["threshold_challenger"] == 0.7
 
 
 def test_hot_reload_switches_version_without_dropping_the_connection(server, registry, caplog):

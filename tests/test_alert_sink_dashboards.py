@@ -211,3 +211,13 @@ def test_grafana_dashboard_uses_the_datasource_uid_and_contract_fields():
     assert used <= FIELDS, used - FIELDS
     assert {"@timestamp", "alert.level", "amount", "score", "txn_id"} <= used
     assert all(t["timeField"] == "@timestamp" for t in _walk(panels, "targets") for t in t)
+
+
+def test_grafana_alerts_dashboard_filters_by_model():
+    dash = json.loads(GRAFANA.read_text())
+    (var,) = dash["templating"]["list"]
+    assert var["name"] == "model" and var["multi"] and var["includeAll"]
+    assert json.loads(var["query"]) == {"find": "terms", "field": "model.name"}
+    queries = [t["query"] for t in _walk(dash["panels"], "targets") for t in t]
+    queries += [a["query"] for a in dash["annotations"]["list"]]
+    assert queries and all(q.startswith("model.name:$model") for q in queries), queries

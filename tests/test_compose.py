@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ DOCKERFILE = COMPOSE_DIR / "images" / "python.Dockerfile"
 GRAFANA = COMPOSE_DIR / "grafana"
 SOCKET_DIR = "/var/run/tick-anomaly"
 
-ONE_SHOT = {"model-bootstrap", "kibana-import", "elasticsearch-setup"}
+ONE_SHOT = {"model-bootstrap", "kibana-import", "elasticsearch-setup", "influxdb-setup"}
 EXPECTED_SERVICES = {
     "influxdb", "kapacitor", "chronograf", "udf-agent", "publisher", "tfserving",
     "elasticsearch", "kibana", "grafana", "jupyter", "api", "alert-sink", "prometheus",
@@ -120,7 +121,7 @@ def test_compose_file_has_no_version_key_and_known_services(raw, services):
     # without `version`, docker-compose 1.29 and docker compose v2 both use the Compose
     # Specification, which is what allows `condition: service_completed_successfully`
     assert "version" not in raw
-    assert set(services) == EXPECTED_SERVICES | {"elasticsearch-setup"}
+    assert set(services) == EXPECTED_SERVICES | {"elasticsearch-setup", "influxdb-setup"}
 
 
 # --- paths, images, ports ----------------------------------------------------------------
@@ -267,12 +268,16 @@ def _depends(services, name) -> set[str]:
 
 def test_start_order(services):
     assert {"influxdb", "udf-agent"} <= _depends(services, "kapacitor")
-    assert "influxdb" in _depends(services, "publisher")
     for svc in ("udf-agent", "api", "tfserving", "jupyter"):
         assert "model-bootstrap" in _depends(services, svc), svc
     assert "kibana" in _depends(services, "kibana-import")
     assert "elasticsearch-setup" in _depends(services, "kibana")
     assert "elasticsearch-setup" in _depends(services, "alert-sink")
+    # the services' InfluxDB and Elasticsearch users exist before the services log in
+    assert "influxdb" in _depends(services, "influxdb-setup")
+    for svc in ("publisher", "chronograf", "grafana"):
+        assert "influxdb-setup" in _depends(services, svc), svc
+    assert "elasticsearch-setup" in _depends(services, "grafana")
 
 
 # --- the Kapacitor <-> agent socket, shared model volumes ------------------------------------
@@ -301,9 +306,11 @@ def test_udf_socket_is_a_shared_named_volume(services):
     assert _flag(command, "--batch-socket") == f"{SOCKET_DIR}/udf-batch.sock"
     assert _flag(command, "--socket-mode") == "0660"
     assert agent["healthcheck"]["test"] == ["CMD", "test", "-S", f"{SOCKET_DIR}/udf.sock"]
-    # the socket is group-accessible only: Kapacitor joins the images' app group
+    # the socket is group-accessible only: Kapacitor's entrypoint gives its user the images'
+    # app group (group_add would be dropped by the switch to the kapacitor user)
     gid = re.search(r"^ARG APP_GID=(\d+)$", DOCKERFILE.read_text(), re.M).group(1)
-    assert gid in [str(g) for g in kapacitor.get("group_add", [])]
+    assert kapacitor["environment"]["UDF_SOCKET_GID"] == gid
+    assert "group_add" not in kapacitor
 
 
 def test_kapacitor_conf_sockets_match_the_agent(services):
@@ -317,22 +324,121 @@ def test_kapacitor_conf_sockets_match_the_agent(services):
         assert functions["score_batch"]["socket"] == f"{SOCKET_DIR}/udf-batch.sock"
     kapacitor = services["kapacitor"]
     mounts = _mounts(kapacitor)
-    assert mounts["/etc/kapacitor/kapacitor.conf"] == "./kapacitor/kapacitor.conf"
     env = kapacitor["environment"]
-    assert env["KAPACITOR_CONF_TEMPLATE"] == "/etc/kapacitor/kapacitor.conf"
-    assert mounts[env["KAPACITOR_LOAD_SRC"]] == "../tickscripts"
-    assert data["load"]["dir"] == env["KAPACITOR_LOAD_DIR"]
+    assert mounts[env["KAPACITOR_CONF"]] == "./kapacitor/kapacitor.conf"
+    # the load directory is the repository's tickscripts/, read-only, as it is
+    assert mounts[data["load"]["dir"]] == "../tickscripts"
+    assert "../tickscripts:/etc/kapacitor/load:ro" in kapacitor["volumes"]
     entrypoint = COMPOSE_DIR / "kapacitor" / "entrypoint.sh"
-    if entrypoint.exists():
-        assert mounts[kapacitor["entrypoint"][-1]] == "./kapacitor/entrypoint.sh"
-        # the entrypoint waits for the same sockets the agent creates
-        text = entrypoint.read_text(encoding="utf-8")
-        assert f"{SOCKET_DIR}/udf.sock" in text and f"{SOCKET_DIR}/udf-batch.sock" in text
-    # the alert sink token reaches Kapacitor's httppost header, never as a literal
+    assert mounts[kapacitor["entrypoint"][-1]] == "./kapacitor/entrypoint.sh"
+    # the entrypoint waits for the same sockets the agent creates
+    text = entrypoint.read_text(encoding="utf-8")
+    assert f"{SOCKET_DIR}/udf.sock" in text and f"{SOCKET_DIR}/udf-batch.sock" in text
+    # the alert sink token reaches Kapacitor's httppost basic auth from the environment
     (post,) = [p for p in data["httppost"] if p["endpoint"] == "alert-sink"]
     assert post["url"] == "http://alert-sink:9000/kapacitor"
-    assert "@ALERT_SINK_TOKEN@" in post["headers"]["Authorization"]
+    assert post["basic-auth"]["password"] == ""
     assert env["ALERT_SINK_TOKEN"] == "${ALERT_SINK_TOKEN:?run make env}"
+    host, port = post["url"].split("/")[2].split(":")
+    assert host == "alert-sink" and _flag(services[host]["command"], "--port") == port
+
+
+def test_kapacitor_runs_as_its_own_user(services):
+    kapacitor = services["kapacitor"]
+    assert "user" not in kapacitor  # started as root, the entrypoint switches, as the image's
+    text = (COMPOSE_DIR / "kapacitor" / "entrypoint.sh").read_text(encoding="utf-8")
+    assert "KAPACITOR_USER:=kapacitor" in text
+    assert re.search(r'^exec setpriv --reuid="\$KAPACITOR_USER"', text, re.M)
+    # the only command run as root is the switch itself, or a non-root start
+    assert [line.strip() for line in text.splitlines() if line.strip().startswith("exec ")] == [
+        'exec "$@"',
+        'exec setpriv --reuid="$KAPACITOR_USER" --regid="$(id -g "$KAPACITOR_USER")" "$groups" "$@"',
+    ]
+
+
+# --- least privilege: who logs in as whom ------------------------------------------------------
+
+
+def _env_users(services) -> dict[str, set[str]]:
+    """service -> the make_env variables it receives"""
+    out = {}
+    for name, service in services.items():
+        env = service.get("environment", {})
+        out[name] = {m for v in env.values() for m in VAR_RE.findall(str(v))}
+    return out
+
+
+def test_each_service_gets_only_its_own_credentials(services):
+    got = _env_users(services)
+    admin = {"INFLUXDB_ADMIN_USER", "INFLUXDB_ADMIN_PASSWORD"}
+    # the InfluxDB admin: InfluxDB itself, its setup job, Kapacitor (subscriptions)
+    assert {n for n, v in got.items() if v & admin} == {"influxdb", "influxdb-setup", "kapacitor"}
+    assert {"INFLUXDB_WRITE_USER", "INFLUXDB_WRITE_USER_PASSWORD"} <= got["publisher"]
+    assert not got["publisher"] & admin
+    chronograf = services["chronograf"]["environment"]
+    assert chronograf["INFLUXDB_USERNAME"] == "${INFLUXDB_CHRONOGRAF_USER:?run make env}"
+    assert got["chronograf"] == {"INFLUXDB_CHRONOGRAF_USER", "INFLUXDB_CHRONOGRAF_USER_PASSWORD"}
+    assert got["grafana"] == {
+        "GRAFANA_ADMIN_USER", "GRAFANA_ADMIN_PASSWORD", "INFLUXDB_READ_USER",
+        "INFLUXDB_READ_USER_PASSWORD", "GRAFANA_ES_PASSWORD",
+    }  # fmt: skip
+    # the Elasticsearch superuser: Elasticsearch, its setup job, the Kibana import only
+    users = {n for n, v in got.items() if "ELASTIC_PASSWORD" in v}
+    assert users == {"elasticsearch", "elasticsearch-setup", "kibana-import"}
+
+
+def test_influxdb_setup_grants_the_documented_rights():
+    text = (COMPOSE_DIR / "influxdb" / "setup.sh").read_text(encoding="utf-8")
+    joined = re.sub(r"\\\n\s*", " ", text)  # continuation lines
+    grants = {
+        m.group(1): set(re.findall(r'"(READ|WRITE|ALL):\$(\w+)"', m.group(2)))
+        for m in re.finditer(r'^user "\$(\w+)" "\$\w+"(.*)$', joined, re.M)
+    }
+    assert grants == {
+        "INFLUXDB_WRITE_USER": {("WRITE", "DATABASE")},
+        "INFLUXDB_READ_USER": {("READ", "DATABASE")},
+        "INFLUXDB_CHRONOGRAF_USER": {("READ", "DATABASE"), ("READ", "CHRONOGRAF_DATABASE")},
+    }
+    assert re.search(r"^DATABASE=fraud$", text, re.M) and contract.DATABASE == "fraud"
+    result = subprocess.run(["bash", "-n", str(COMPOSE_DIR / "influxdb" / "setup.sh")],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+# --- images: current, and matched to what talks to them ---------------------------------------
+
+
+def _tag(services, name: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in services[name]["image"].rsplit(":", 1)[1].split("."))
+
+
+def test_elastic_images_match_the_python_clients_major(services):
+    from importlib.metadata import version
+
+    client_major = int(version("elasticsearch").split(".")[0])
+    for name in ("elasticsearch", "elasticsearch-setup", "kibana", "kibana-import"):
+        assert _tag(services, name)[0] == client_major, name
+    assert len({services[n]["image"].rsplit(":", 1)[1] for n in ("elasticsearch", "kibana")}) == 1
+
+
+def test_tick_images_are_the_maintained_lines(services):
+    assert _tag(services, "kapacitor")[:2] == (1, 8)
+    assert _tag(services, "influxdb")[0] == 1 and _tag(services, "influxdb") >= (1, 12, 4)
+    assert services["influxdb-setup"]["image"] == services["influxdb"]["image"]
+    assert _tag(services, "chronograf") >= (1, 11, 4)
+
+
+# Kibana's Docker image maps upper-case settings to kibana.yml keys (SERVER_NAME ->
+# server.name); a name it does not know is ignored without a word.
+KIBANA_SETTINGS = {
+    "SERVER_NAME", "ELASTICSEARCH_HOSTS", "ELASTICSEARCH_USERNAME", "ELASTICSEARCH_PASSWORD",
+    "XPACK_ENCRYPTEDSAVEDOBJECTS_ENCRYPTIONKEY", "TELEMETRY_OPTIN",
+}  # fmt: skip
+
+
+def test_kibana_settings_are_names_kibana_reads(services):
+    assert set(services["kibana"]["environment"]) <= KIBANA_SETTINGS
+    assert services["kibana"]["environment"]["SERVER_NAME"] == "kibana"
 
 
 def test_model_volumes_are_shared(services):
@@ -481,8 +587,12 @@ def test_grafana_datasources(services):
     assert es["type"] == "elasticsearch" and es["url"] == "http://elasticsearch:9200"
     assert es["jsonData"]["index"] == contract.ALERT_INDEX
     assert es["jsonData"]["timeField"] == "@timestamp"
-    assert es["basicAuth"] is True and es["basicAuthUser"] == "elastic"
-    assert es["secureJsonData"]["basicAuthPassword"] == "${ELASTIC_PASSWORD}"
+    # the read-only user of compose/elasticsearch/setup.sh, not the superuser
+    assert es["basicAuth"] is True and es["basicAuthUser"] == "grafana"
+    assert es["secureJsonData"]["basicAuthPassword"] == "${GRAFANA_ES_PASSWORD}"
+    setup = (COMPOSE_DIR / "elasticsearch" / "setup.sh").read_text(encoding="utf-8")
+    grafana_user = setup.split("/_security/user/grafana", 1)[1].split("\nes ", 1)[0]
+    assert "fraud_alerts_reader" in grafana_user
     assert by_uid["prometheus"]["url"] == "http://prometheus:9090"
     # every $VAR the provisioning interpolates is in Grafana's environment
     text = "".join(
@@ -571,6 +681,100 @@ def test_influx_queries_name_only_contract_measurements_and_fields():
             assert not unknown, f"{name}: {panel['title']}: not in the contract: {unknown}"
             checked += 1
     assert checked >= 10
+
+
+def _influx_targets():
+    for name, dashboard in _dashboards().items():
+        for panel, target in _targets(dashboard):
+            if (target.get("datasource") or panel["datasource"])["uid"] == "influxdb-fraud":
+                yield name, panel, target
+
+
+def test_dashboards_filter_and_group_by_model():
+    per_model = (contract.SCORED_MEASUREMENT, contract.MODEL_QUALITY_MEASUREMENT)
+    checked = 0
+    for name, panel, target in _influx_targets():
+        query = target["query"]
+        if not any(f'"{m}"' in query for m in per_model):
+            continue
+        where = f"{name}: {panel['title']}"
+        assert '"model" =~ /^$model$/' in query, f"{where}: not filtered by $model"
+        group = query.split("GROUP BY", 1)[1] if "GROUP BY" in query else ""
+        assert '"model"' in group or re.search(r",\s*\*", group), f"{where}: not per model"
+        assert "$tag_model" in target.get("alias", ""), f"{where}: series not named by model"
+        checked += 1
+    assert checked >= 12
+    for dashboard in ("live-scoring.json", "model-quality.json"):
+        (var,) = _dashboards()[dashboard]["templating"]["list"]
+        assert var["name"] == "model" and var["multi"] and var["includeAll"]
+        assert (
+            var["query"]
+            == 'SHOW TAG VALUES FROM "autogen"."transactions_scored" WITH KEY = "model"'
+        )
+
+
+def test_dashboards_read_thresholds_from_the_data_and_the_latest_points():
+    for name, panel, target in _influx_targets():
+        query = target["query"]
+        # a score compared with a number would be a threshold someone typed in
+        assert not re.search(r'"score\w*"\s*[<>]=?\s*0*\.?\d*[1-9]', query), (name, query)
+        if "LIMIT" in query:
+            assert "ORDER BY time DESC LIMIT" in query, (name, panel["title"])
+
+
+@pytest.mark.influxdb
+def test_every_dashboard_query_runs_on_a_real_influxdb(influxdb):
+    """The InfluxQL of every panel and variable, with Grafana's macros filled in as Grafana
+    does, against scored points of two models (one with a challenger)."""
+    influxdb.create_database(contract.DATABASE)
+    now = time.time_ns()
+    lines = [
+        f"transactions,source=s Amount=1.0,label=0i {now - 5 * 10**9}",
+        "transactions_scored,source=s,model=a,model_version=1 "
+        f'Amount=1.0,label=0i,txn_id="e",score_error="missing V1",threshold=0.22 {now - 10**9}',
+    ]
+    for i in range(20):
+        ts = now - (i + 1) * 10**9
+        common = f'Amount=1.0,label={i % 2}i,txn_id="t{i}",score=0.{i % 9 + 1},is_anomaly={str(i % 3 == 0).lower()}'
+        lines.append(
+            f"transactions_scored,source=s,model=a,model_version=1 {common},threshold=0.22,"
+            f"score_challenger=0.{(i + 4) % 9 + 1},threshold_challenger=0.6 {ts}"
+        )
+        lines.append(
+            f"transactions_scored,source=s,model=b,model_version=3 {common},threshold=0.9 {ts}"
+        )
+        lines.append(
+            f"model_quality,model=a,model_version=1 precision=0.5,recall=0.5,alert_rate=0.1,"
+            f"tp=1i,fp=1i,fn=1i,flagged=2i,total=20i {ts}"
+        )
+    influxdb.write(contract.DATABASE, "\n".join(lines))
+
+    def run(query: str, models: str) -> list[dict]:
+        q = (
+            query.replace("$timeFilter", "time > now() - 1h")
+            .replace("$__interval_ms", "10000")
+            .replace("$__interval", "10s")
+            .replace("$model", models)
+        )
+        (result,) = influxdb.query(q, db=contract.DATABASE, epoch=None)
+        assert "error" not in result, (q, result)
+        return result.get("series", [])
+
+    for dashboard in ("live-scoring.json", "model-quality.json"):
+        (var,) = _dashboards()[dashboard]["templating"]["list"]
+        values = {v[1] for s in run(var["query"], "") for v in s["values"]}
+        assert values == {"a", "b"}
+    checked = 0
+    for name, panel, target in _influx_targets():
+        series = run(target["query"], "(a|b)")
+        if '"model" =~' not in target["query"]:
+            continue
+        models = {s.get("tags", {}).get("model") for s in series}
+        assert models <= {"a", "b"} and models, (name, panel["title"], target["refId"])
+        only_b = {s.get("tags", {}).get("model") for s in run(target["query"], "b")}
+        assert only_b <= {"b"}, (name, panel["title"])
+        checked += 1
+    assert checked >= 12
 
 
 def test_prometheus_queries_name_metrics_the_services_export():

@@ -200,3 +200,161 @@ def test_healthcheck_influx_recent_needs_fresh_points(influxd, capsys):
     )
     assert healthcheck.main(args) == 0
     assert healthcheck.main([*args[:-4], "--database", "nope", *args[-4:]]) == 1
+
+
+# --- influxdb/setup.sh: least-privilege users on a real influxd with auth --------------------
+
+INFLUX_SETUP = SCRIPTS.parent / "influxdb" / "setup.sh"
+
+
+def _setup_env(url: str, **kw: str) -> dict[str, str]:
+    env = {
+        "PATH": os.environ["PATH"],
+        "INFLUX_URL": url,
+        "INFLUXDB_ADMIN_USER": "admin",
+        "INFLUXDB_ADMIN_PASSWORD": "s3cret",
+        "INFLUXDB_WRITE_USER": "publisher",
+        "INFLUXDB_WRITE_USER_PASSWORD": "w'1\\x",  # quoting is the script's job
+        "INFLUXDB_READ_USER": "grafana",
+        "INFLUXDB_READ_USER_PASSWORD": "r1",
+        "INFLUXDB_CHRONOGRAF_USER": "chronograf",
+        "INFLUXDB_CHRONOGRAF_USER_PASSWORD": "c1",
+        "INFLUXDB_SETUP_TIMEOUT": "10",
+    }
+    env.update(kw)
+    return env
+
+
+def _as(url: str, user: str, password: str, path: str, q: str | None = None, body: str = ""):
+    """(HTTP status, error text) of one request as ``user``."""
+    import requests
+
+    params = {"db": "fraud"} if q is None else {"db": "fraud", "q": q}
+    r = requests.post(f"{url}{path}", params=params, data=body, auth=(user, password), timeout=10)
+    error = r.json().get("error", "") if r.content and r.status_code != 204 else ""
+    if not error and r.status_code == 200 and q is not None:
+        error = next((x["error"] for x in r.json()["results"] if "error" in x), "")
+    return r.status_code, error
+
+
+@pytest.mark.influxdb
+def test_influxdb_setup_gives_each_user_only_its_rights(tmp_path):
+    bash = require_binary("bash")
+    require_binary("curl")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from influxdb_server import InfluxDBServer
+
+    with InfluxDBServer(
+        binary=require_binary("influxd"), base_dir=tmp_path / "influx", auth=("admin", "s3cret")
+    ) as server:
+        url = server.url
+        env = _setup_env(url)
+        r = subprocess.run([bash, str(INFLUX_SETUP)], env=env, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "event=done" in r.stdout and "w'1" not in r.stdout + r.stderr
+        write_pw = env["INFLUXDB_WRITE_USER_PASSWORD"]
+        point = f"transactions Amount=1.5,label=0i {time.time_ns()}"
+        # publisher: write, nothing else
+        assert _as(url, "publisher", write_pw, "/write", body=point)[0] == 204
+        assert (
+            "not authorized"
+            in _as(url, "publisher", write_pw, "/query", "SELECT * FROM transactions")[1]
+        )
+        assert "admin" in _as(url, "publisher", write_pw, "/query", "CREATE DATABASE x")[1]
+        # grafana and chronograf: read, no write
+        for user, pw in (("grafana", "r1"), ("chronograf", "c1")):
+            status, error = _as(url, user, pw, "/query", "SELECT count(Amount) FROM transactions")
+            assert status == 200 and not error, (user, error)
+            assert _as(url, user, pw, "/write", body=point)[0] == 403, user
+            assert "requires admin" in _as(url, user, pw, "/query", "SHOW USERS")[1], user
+        grants = server.query('SHOW GRANTS FOR "chronograf"', epoch=None)[0]["series"][0]["values"]
+        assert sorted(grants) == [["chronograf", "READ"], ["fraud", "READ"]]
+
+        # a re-run sets new passwords and takes back rights granted by hand
+        server.query('GRANT ALL ON "fraud" TO "grafana"', post=True, epoch=None)
+        server.query('GRANT ALL PRIVILEGES TO "publisher"', post=True, epoch=None)
+        env = _setup_env(url, INFLUXDB_READ_USER_PASSWORD="r2")
+        r = subprocess.run([bash, str(INFLUX_SETUP)], env=env, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "event=password_set user=grafana" in r.stdout
+        assert _as(url, "grafana", "r1", "/query", "SHOW DATABASES")[0] == 401
+        assert _as(url, "grafana", "r2", "/write", body=point)[0] == 403
+        users = {
+            u[0]: u[1] for u in server.query("SHOW USERS", epoch=None)[0]["series"][0]["values"]
+        }
+        assert users == {"admin": True, "publisher": False, "grafana": False, "chronograf": False}
+
+        # wrong admin password: a clear failure, not a hang
+        env = _setup_env(url, INFLUXDB_ADMIN_PASSWORD="wrong", INFLUXDB_SETUP_TIMEOUT="0")
+        r = subprocess.run([bash, str(INFLUX_SETUP)], env=env, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+        assert r.returncode != 0 and "influxdb_not_available" in r.stdout + r.stderr
+
+
+# --- elasticsearch/setup.sh: what it asks Elasticsearch for -------------------------------------
+
+ES_SETUP = SCRIPTS.parent / "elasticsearch" / "setup.sh"
+
+
+def test_elasticsearch_setup_creates_least_privilege_users(tmp_path):
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    bash = require_binary("bash")
+    require_binary("curl")
+    seen: list[tuple[str, str, dict | None]] = []
+
+    class Security(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _answer(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            expected = "Basic " + base64.b64encode(b"elastic:el-pw").decode()
+            status = 200 if self.headers.get("Authorization") == expected else 401
+            seen.append((self.command, self.path, json.loads(body) if body else None))
+            data = json.dumps({"cluster_name": "x"} if status == 200 else {}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Security)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {
+        "PATH": os.environ["PATH"],
+        "ES_URL": f"http://127.0.0.1:{server.server_address[1]}",
+        "ELASTIC_PASSWORD": "el-pw",
+        "KIBANA_SYSTEM_PASSWORD": "kb-pw",
+        "ALERT_SINK_ES_PASSWORD": "as-pw",
+        "GRAFANA_ES_PASSWORD": "gf-pw",
+    }
+    try:
+        r = subprocess.run([bash, str(ES_SETUP)], env=env, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        calls = {(m, p): b for m, p, b in seen if m != "GET"}
+        reader = calls[("PUT", "/_security/role/fraud_alerts_reader")]
+        assert reader["cluster"] == ["monitor"]
+        (indices,) = reader["indices"]
+        assert indices["names"] == ["fraud-alerts", "fraud-alerts-*"]
+        assert sorted(indices["privileges"]) == ["read", "view_index_metadata"]
+        grafana = calls[("PUT", "/_security/user/grafana")]
+        assert grafana["roles"] == ["fraud_alerts_reader"] and grafana["password"] == "gf-pw"
+        writer = calls[("PUT", "/_security/user/alert_sink")]
+        assert writer["roles"] == ["fraud_alerts_writer"] and writer["password"] == "as-pw"
+        # without the superuser's password nothing is created, and the script says so
+        seen.clear()
+        env.update(ELASTIC_PASSWORD="wrong", ES_SETUP_TIMEOUT="0")
+        r = subprocess.run([bash, str(ES_SETUP)], env=env, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+        assert r.returncode != 0 and "status=401" in r.stdout
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -394,6 +394,29 @@ def test_bad_credentials_are_reported_not_retried(tmp_path, sample_csv):
 
 
 @pytest.mark.influxdb
+def test_a_write_only_user_publishes_into_the_existing_database(tmp_path, sample_csv):
+    # the compose stack's publisher account: WRITE on the database, no admin, no read
+    path, _ = sample_csv
+    with InfluxDBServer(
+        binary=require_binary("influxd"), base_dir=tmp_path / "auth", auth=("admin", "s3cret")
+    ) as server:
+        server.create_database(DB)
+        for q in ("CREATE USER \"pub\" WITH PASSWORD 'pw'", f'GRANT WRITE ON "{DB}" TO "pub"'):
+            server.query(q, post=True, epoch=None)
+        env = {**os.environ, "PUBLISHER_USERNAME": "pub", "PUBLISHER_PASSWORD": "pw"}
+        r = run_cli("--influx-url", server.url, "--csv", str(path), "--count", "10", "--rate", "0",
+                    env=env)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "event=database_not_created" in r.stderr and "403" in r.stderr
+        assert server.count(M, contract.TXN_ID, db=DB) == 10
+        # without the database, the run stops naming the 404 instead of retrying forever
+        server.query(f'DROP DATABASE "{DB}"', post=True, epoch=None)
+        r = run_cli("--influx-url", server.url, "--csv", str(path), "--count", "10", "--rate", "0",
+                    env=env)  # fmt: skip
+        assert r.returncode == 2 and "404" in r.stderr
+
+
+@pytest.mark.influxdb
 def test_rejected_points_stop_the_run_with_the_reason(influxdb, sample_csv):
     path, _ = sample_csv
     influxdb.create_database(DB)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
-import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,12 +30,12 @@ except ModuleNotFoundError:  # Python 3.10
 from models import contract
 from udf_agent.options import OPTION_SPECS, parse_init_options
 from udf_agent.protocol import messages as pb
+from udf_agent.protocol.codec import encode_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK_DIR = ROOT / "tickscripts"
 CONF = ROOT / "compose" / "kapacitor" / "kapacitor.conf"
 ENTRYPOINT = ROOT / "compose" / "kapacitor" / "entrypoint.sh"
-TOKEN_PLACEHOLDER = "@ALERT_SINK_TOKEN@"
 
 # from SHARED_NAMES.md: the agent's sockets on the `udf-socket` volume
 UDF_SOCKETS = {
@@ -213,7 +214,13 @@ class Parser:
         if tok.kind != "op" or tok.text != "=":
             raise TickSyntaxError(f"line {tok.line}: var {name}: expected a type or '='")
         first = self.peek()
-        if first.kind in LITERAL_KINDS:
+        negative = (
+            first.kind == "op"
+            and first.text == "-"
+            and self.peek(1) is not None
+            and self.peek(1).kind in ("int", "float")
+        )
+        if first.kind in LITERAL_KINDS or negative:
             lit = self.parse_arg()
             self.script.vars[name] = VarDecl(name, lit.kind, default=lit.value)
             if self.peek() is not None and self.peek().kind == "op" and self.peek().text in "|@":
@@ -563,19 +570,39 @@ def test_scoring_tasks_cover_sklearn_and_tfserving():
     assert backends == {"creditcard": "sklearn", "creditcard_tf": "tfserving"}
 
 
-def test_alert_template_posts_every_critical_point():
+def test_alert_template_posts_every_critical_point_through_the_conf_endpoint(conf):
     script = parse((TICK_DIR / "templates" / "fraud_alert.tick").read_text())
     (alert, props), *_ = [(n, p) for n, p in script.nodes() if n.name == "alert"]
     names = [p.name for p in props]
     assert "stateChangesOnly" not in names  # every anomalous point alerts
-    assert {"id", "message", "details", "crit", "post", "header", "log", "noRecoveries"} <= set(
-        names
-    )
+    assert {"id", "message", "details", "crit", "post", "endpoint", "timeout", "log"} <= set(names)
+    assert "noRecoveries" in names
+    # no URL and no header in the script: the named [[httppost]] endpoint carries both
     post = next(p for p in props if p.name == "post")
-    assert post.args[0].kind == "var" and script.vars[post.args[0].value].type == "string"
+    assert post.args == [] and "header" not in names
+    (endpoint,) = next(p for p in props if p.name == "endpoint").args
+    assert endpoint.kind == "var" and script.vars[endpoint.value].type == "string"
+    assert script.vars[endpoint.value].default == "alert-sink"
+    assert script.vars[endpoint.value].default in {e["endpoint"] for e in conf["httppost"]}
+    (timeout,) = next(p for p in props if p.name == "timeout").args
+    assert script.vars[timeout.value].type == "duration"
     text = " ".join(str(a.value) for p in props for a in p.args if p.name in ("message", "details"))
-    for name in ("txn_id", "score", "Amount", "model"):
+    for name in ("txn_id", "score", "threshold", "Amount", "model"):
         assert f'"{name}"' in text
+
+
+def test_score_template_uses_the_cards_threshold_unless_a_task_sets_one():
+    from udf_agent.options import CARD_THRESHOLD
+
+    script = parse((TICK_DIR / "templates" / "score_transactions.tick").read_text())
+    decl = script.vars["threshold"]
+    assert decl.type == "float" and not decl.required and decl.default == CARD_THRESHOLD
+    for path, data in _vars_files("score_transactions"):
+        opts = parse_init_options(resolved_udf_options(script, data["vars"]))
+        if "threshold" in data["vars"]:
+            assert "on purpose" in data["vars"]["threshold"].get("description", ""), path.name
+        else:
+            assert opts.threshold is None, path.name  # the card's
 
 
 def test_model_quality_writes_documented_fields():
@@ -613,14 +640,117 @@ def test_kapacitor_conf_loads_tasks_and_reaches_influxdb(conf):
     assert post["url"] == "http://alert-sink:9000/kapacitor"
 
 
-def test_no_token_is_committed(conf):
+SECRET_NAME = re.compile(r"token|passw|secret|auth|bearer|credential|api_?key", re.I)
+SECRET_VALUE = re.compile(r"bearer|basic |@[A-Z_]+@|://[^/@\s]+:[^/@\s]+@", re.I)
+
+
+def _vars_files(template: str | None = None) -> list[tuple[Path, dict]]:
+    out = []
+    for path in _task_files():
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            if template is None or data["template-id"] == template:
+                out.append((path, data))
+    return out
+
+
+def test_no_secret_in_any_template_or_task():
+    """What Kapacitor's task API (and `kapacitor show`) prints holds no credential."""
+    for path, data in _vars_files():
+        for name, var in data["vars"].items():
+            assert not SECRET_NAME.search(name), f"{path.name}: var {name} looks like a secret"
+            assert not SECRET_VALUE.search(str(var["value"])), f"{path.name}: {name}={var}"
+    for path in _templates().values():
+        script = parse(path.read_text())
+        for name, decl in script.vars.items():
+            assert not SECRET_NAME.search(name), f"{path.name}: var {name} looks like a secret"
+            assert not SECRET_VALUE.search(str(decl.default or "")), f"{path.name}: {name}"
+        assert not SECRET_VALUE.search(path.read_text()), path.name
+
+
+def test_the_checks_catch_a_secret():
+    assert SECRET_NAME.search("alert_authorization") and SECRET_NAME.search("sink_token")
+    assert SECRET_VALUE.search("Bearer @ALERT_SINK_TOKEN@")
+    assert SECRET_VALUE.search("http://user:pw@alert-sink:9000/kapacitor")
+    assert not SECRET_VALUE.search("http://alert-sink:9000/kapacitor")
+
+
+def test_kapacitor_conf_holds_no_credential_and_declares_what_the_environment_fills(conf):
     (post,) = conf["httppost"]
-    assert post["headers"]["Authorization"] == f"Bearer {TOKEN_PLACEHOLDER}"
-    alert_vars = json.loads((TICK_DIR / "tasks" / "fraud_alert_creditcard.json").read_text())
-    assert alert_vars["vars"]["alert_authorization"]["value"] == f"Bearer {TOKEN_PLACEHOLDER}"
-    for path in [CONF, *TICK_DIR.rglob("*")]:
-        if path.is_file():
-            assert not re.search(r"Bearer (?!@ALERT_SINK_TOKEN@)[A-Za-z0-9]", path.read_text())
+    assert post["endpoint"] == "alert-sink"
+    # basic auth (redacted by Kapacitor's config API), password only from the environment:
+    # KAPACITOR_HTTPPOST_0_BASIC_AUTH_PASSWORD needs the key declared here to apply
+    assert post["basic-auth"] == {"username": "kapacitor", "password": ""}
+    assert "headers" not in post
+    (influx,) = conf["influxdb"]
+    assert influx["username"] == "" and influx["password"] == ""
+    assert "KAPACITOR_HTTPPOST_0_BASIC_AUTH_PASSWORD" in ENTRYPOINT.read_text()
+
+
+# -- task sets: every scoring task has its alert and live-quality task -----------------------
+
+
+def _models_of(template: str) -> dict[str, str]:
+    return {data["vars"]["model"]["value"]: path.name for path, data in _vars_files(template)}
+
+
+def test_every_scored_model_has_its_alert_and_quality_task():
+    scored = _models_of("score_transactions")
+    alerted = _models_of("fraud_alert")
+    evaluated = _models_of("model_quality")
+    assert scored, "no scoring task"
+    assert set(scored) == set(alerted) == set(evaluated), (scored, alerted, evaluated)
+    for model in scored:
+        assert scored[model] == f"score_{model}.json"
+        assert alerted[model] == f"fraud_alert_{model}.json"
+        assert evaluated[model] == f"model_quality_{model}.json"
+
+
+def test_every_scoring_task_shadow_scores_the_challenger():
+    for path, data in _vars_files("score_transactions"):
+        assert data["vars"]["challenger"]["value"] == "challenger", path.name
+
+
+def test_task_files_are_what_the_generator_writes(tmp_path):
+    gen = _gen_tasks()
+    assert gen.main(["--check"]) == 0
+    # the check can fail: a hand edit, and a task file the generator does not know
+    gen.main(["--out-dir", str(tmp_path)])
+    assert gen.main(["--check", "--out-dir", str(tmp_path)]) == 0
+    edited = tmp_path / "score_creditcard.json"
+    edited.write_text(edited.read_text().replace('"production"', '"3"'))
+    assert gen.main(["--check", "--out-dir", str(tmp_path)]) == 1
+    gen.main(["--out-dir", str(tmp_path)])
+    (tmp_path / "score_other.json").write_text("{}")
+    assert gen.main(["--check", "--out-dir", str(tmp_path)]) == 1
+
+
+def test_the_generator_gives_each_deployment_three_tasks():
+    gen = _gen_tasks()
+    extra = gen.Deployment(model="other", description="x", challenger=None, threshold=0.3)
+    files = gen.task_files((*gen.DEPLOYMENTS, extra))
+    assert {n for n in files if n.endswith("_other.json")} == {
+        "score_other.json",
+        "fraud_alert_other.json",
+        "model_quality_other.json",
+    }
+    score = files["score_other.json"]["vars"]
+    assert score["threshold"]["value"] == 0.3 and "challenger" not in score
+    with pytest.raises(ValueError, match="deployed twice"):
+        gen.task_files((extra, extra))
+
+
+def _gen_tasks():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "gen_tasks", ROOT / "compose" / "scripts" / "gen_tasks.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gen_tasks"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 # -- the checker itself can fail ---------------------------------------------------------------
@@ -707,16 +837,17 @@ def test_vars_file_checker_reports_mismatches():
     assert "dbrps given both" in text
 
 
-# -- entrypoint: token rendering and UDF socket wait ---------------------------------------
+# -- entrypoint: token from the environment, socket wait, Kapacitor's own user --------------
 
 
 def _entry_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
     env = {
         "PATH": os.environ["PATH"],
-        "KAPACITOR_CONF_TEMPLATE": str(CONF),
-        "KAPACITOR_CONF": str(tmp_path / "out" / "kapacitor.conf"),
-        "KAPACITOR_LOAD_SRC": str(TICK_DIR),
-        "KAPACITOR_LOAD_DIR": str(tmp_path / "load"),
+        "KAPACITOR_CONF": str(CONF),
+        "KAPACITOR_DATA_DIR": str(data),
+        "KAPACITOR_USER": "nobody",
         "UDF_SOCKETS": "",
         "UDF_WAIT_SECONDS": "1",
     }
@@ -730,33 +861,64 @@ def _run_entry(env: dict[str, str], *cmd: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_entrypoint_renders_token_into_config_and_tasks(tmp_path):
+SHOW = 'echo "uid=$(id -u) groups=$(id -G) pw=$KAPACITOR_HTTPPOST_0_BASIC_AUTH_PASSWORD token=${ALERT_SINK_TOKEN:-}"'
+
+
+def test_entrypoint_passes_the_token_as_kapacitors_basic_auth_override(tmp_path):
     token = "Zm9vYmFy-_.~+/="
-    sock_path = tmp_path / "udf.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
-        srv.bind(str(sock_path))
-        srv.listen(1)
-        env = _entry_env(tmp_path, ALERT_SINK_TOKEN=token, UDF_SOCKETS=str(sock_path))
-        r = _run_entry(env, "sh", "-c", 'echo "load=$KAPACITOR_LOAD_DIR"')
+    r = _run_entry(_entry_env(tmp_path, ALERT_SINK_TOKEN=token), "sh", "-c", SHOW)
     assert r.returncode == 0, r.stderr
-    assert f"load={tmp_path / 'load'}" in r.stdout  # exported for Kapacitor's own override
-    rendered = tomllib.loads((tmp_path / "out" / "kapacitor.conf").read_text())
-    assert rendered["httppost"][0]["headers"]["Authorization"] == f"Bearer {token}"
-    alert = json.loads((tmp_path / "load" / "tasks" / "fraud_alert_creditcard.json").read_text())
-    assert alert["vars"]["alert_authorization"]["value"] == f"Bearer {token}"
-    for sub in ("templates", "tasks"):
-        src = sorted(p.name for p in (TICK_DIR / sub).iterdir())
-        assert sorted(p.name for p in (tmp_path / "load" / sub).iterdir()) == src
-    out = tmp_path / "load" / "tasks" / "fraud_alert_creditcard.json"
-    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert f"pw={token} " in r.stdout
+    assert r.stdout.rstrip().endswith("token=")  # the variable it came in is not passed on
+    # nothing is rendered to disk: the configuration is used as it is
+    assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_entrypoint_reads_token_file(tmp_path):
     (tmp_path / "token").write_text("abc123\n")
     env = _entry_env(tmp_path, ALERT_SINK_TOKEN_FILE=str(tmp_path / "token"))
-    r = _run_entry(env, "true")
+    r = _run_entry(env, "sh", "-c", SHOW)
     assert r.returncode == 0, r.stderr
-    assert "Bearer abc123" in (tmp_path / "out" / "kapacitor.conf").read_text()
+    assert "pw=abc123 " in r.stdout
+
+
+def test_entrypoint_runs_kapacitor_as_its_user_with_the_socket_group(tmp_path, request):
+    if os.geteuid() != 0:
+        # not root: the command runs as the current user, as the image's entrypoint does
+        r = _run_entry(_entry_env(tmp_path, ALERT_SINK_TOKEN="t"), "sh", "-c", SHOW)
+        assert r.returncode == 0 and f"uid={os.geteuid()} " in r.stdout
+        return
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    # pytest's tmp_path is private to root; the socket must be reachable by "nobody"
+    base = Path(tempfile.mkdtemp(prefix="kapacitor-entry-"))
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    base.chmod(0o755)
+    sock_dir = base / "sockets"
+    sock_dir.mkdir()
+    os.chown(sock_dir, 0, 10001)
+    os.chmod(sock_dir, 0o2770)
+    env = _entry_env(tmp_path, ALERT_SINK_TOKEN="t", UDF_SOCKETS=str(sock_dir / "udf.sock"))
+    (tmp_path / "data" / "kapacitor.rendered.conf").write_text("old, with a token")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(str(sock_dir / "udf.sock"))  # group 10001 from the setgid directory
+        srv.listen(1)
+        os.chmod(sock_dir / "udf.sock", 0o660)
+        env = _entry_env(tmp_path, ALERT_SINK_TOKEN="t", UDF_SOCKETS=str(sock_dir / "udf.sock"))
+        probe = SHOW + f'; test -w "{sock_dir / "udf.sock"}" && echo socket-writable'
+        r = _run_entry(env, "sh", "-c", probe)
+    assert r.returncode == 0, r.stderr
+    assert f"uid={nobody.pw_uid} groups={nobody.pw_gid} 10001" in r.stdout
+    assert "socket-writable" in r.stdout
+    # the data directory now belongs to Kapacitor's user; the old rendered file is gone
+    assert (tmp_path / "data").stat().st_uid == nobody.pw_uid
+    assert not (tmp_path / "data" / "kapacitor.rendered.conf").exists()
+    # an explicit group that is not the socket's is used, with a warning
+    env["UDF_SOCKET_GID"] = "10002"
+    env["UDF_SOCKETS"] = ""
+    r = _run_entry(env, "sh", "-c", SHOW)
+    assert f"groups={nobody.pw_gid} 10002" in r.stdout
 
 
 @pytest.mark.parametrize(
@@ -765,9 +927,67 @@ def test_entrypoint_reads_token_file(tmp_path):
         ({}, "no alert-sink token"),
         ({"ALERT_SINK_TOKEN": "bad|token"}, "may only contain"),
         ({"ALERT_SINK_TOKEN": "ok", "UDF_SOCKETS": "/nonexistent/udf.sock"}, "UDF socket"),
+        ({"ALERT_SINK_TOKEN": "ok", "KAPACITOR_CONF": "/nonexistent.conf"}, "not found"),
+        ({"ALERT_SINK_TOKEN_FILE": "/nonexistent/token"}, "not readable"),
     ],
 )
 def test_entrypoint_refuses_clearly(tmp_path, extra, message):
     r = _run_entry(_entry_env(tmp_path, **extra), "true")
     assert r.returncode == 64
     assert message in r.stderr
+
+
+# -- the shipped scoring task through the real agent -----------------------------------------
+
+
+def test_the_shipped_task_scores_with_the_cards_threshold_and_picks_up_a_challenger(tmp_path):
+    """The options Kapacitor sends for score_creditcard (template defaults + vars file), on
+    the agent's real socket: the scored points carry the card's tuned threshold, not 0.5,
+    and shadow scoring starts once the challenger alias is promoted."""
+    import numpy as np
+    from agent_helpers import Client, close_clients, register_tiny, req, row_point
+
+    from models.registry import Registry
+    from udf_agent.server import AgentConfig, AgentServer
+
+    data = json.loads((TICK_DIR / "tasks" / "score_creditcard.json").read_text())
+    template = parse((TICK_DIR / "templates" / "score_transactions.tick").read_text())
+    registry = Registry(tmp_path / "registry")
+    card, model = register_tiny(registry, data["vars"]["model"]["value"], threshold=0.224)
+    server = AgentServer(
+        AgentConfig(socket_path=tmp_path / "udf.sock", registry=registry.root, reload_interval=0.0),
+        registry=registry,
+    ).start()
+    try:
+        init = pb.Request()
+        init.init.taskID, init.init.nodeID = "score_creditcard", "score2"
+        init.init.options.extend(resolved_udf_options(template, data["vars"]))
+        c = Client(server.config.socket_path)
+        c.send(encode_frame(init.SerializeToString()))
+        assert c.recv_kind("init").init.success
+        X = np.random.default_rng(3).normal(size=(40, len(contract.FEATURES)))
+        X[:, 1:3] += 1.5  # some points above 0.224 and below 0.5
+        for i, row in enumerate(X[:20]):
+            c.send(req(point=row_point(row, t=i + 1, txn=f"t{i}")))
+        got = c.recv_points(20)
+        scores = model.predict_proba(X[:20])[:, 1]
+        assert any(0.224 <= s < 0.5 for s in scores), "the check needs scores between the two"
+        for p, s in zip(got, scores):
+            assert p.fieldsDouble["threshold"] == card.threshold == 0.224
+            assert p.fieldsBool["is_anomaly"] == (s >= 0.224)
+            assert "score_challenger" not in p.fieldsDouble
+        card2, model2 = register_tiny(registry, card.name, seed=9, alias=None, threshold=0.6)
+        registry.promote(card.name, card2.version, "challenger")
+        for i, row in enumerate(X[20:]):
+            c.send(req(point=row_point(row, t=100 + i, txn=f"u{i}")))
+        got = c.recv_points(20)
+        np.testing.assert_allclose(
+            [p.fieldsDouble["score_challenger"] for p in got],
+            model2.predict_proba(X[20:])[:, 1],
+            rtol=1e-12,
+        )
+        assert {p.fieldsDouble["threshold_challenger"] for p in got} == {0.6}
+        assert {p.fieldsDouble["threshold"] for p in got} == {0.224}
+    finally:
+        close_clients()
+        server.stop()

@@ -10,10 +10,18 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from models import contract
+
 from .errors import OptionError
 from .protocol import messages as pb
 
-__all__ = ["OPTION_SPECS", "ScoreOptions", "info_response", "parse_init_options"]
+__all__ = [
+    "CARD_THRESHOLD",
+    "OPTION_SPECS",
+    "ScoreOptions",
+    "info_response",
+    "parse_init_options",
+]
 
 #: option name -> positional argument types (``valueTypes`` of InfoResponse)
 OPTION_SPECS: dict[str, tuple[int, ...]] = {
@@ -32,13 +40,20 @@ OPTION_HELP = {
     "model": "registered model name (required), e.g. .model('creditcard')",
     "version": "alias or version number as a string, default 'production', e.g. .version('3')",
     "field": "name of the output score field, default 'score'",
-    "threshold": "decision threshold for is_anomaly, default: the model card's threshold",
-    "challenger": "alias or version of the same model to shadow-score into score_challenger",
+    "threshold": "decision threshold for is_anomaly between 0 and 1; -1 or not given: the "
+    "model card's threshold",
+    "challenger": "alias or version of the same model to shadow-score into score_challenger "
+    "(skipped until the alias exists)",
     "maxBatch": "flush a micro-batch at this many points (1-100000), default 512",
     "maxDelay": "flush a micro-batch after this long, default 5ms",
     "backend": "override the card's backend: 'sklearn' or 'tfserving'",
     "fallback": "alias or version of a local model scoring when the backend fails",
 }
+
+#: ``.threshold(-1.0)`` means "the model card's threshold". A TICKscript template var needs
+#: a typed default, and Kapacitor cannot leave a call out, so templates declare
+#: ``var threshold = -1.0`` and a task sets a value between 0 and 1 only on purpose.
+CARD_THRESHOLD = -1.0
 
 MAX_BATCH_LIMIT = 100_000
 MAX_DELAY_LIMIT_NS = 60 * 1_000_000_000
@@ -117,11 +132,23 @@ def parse_init_options(options: Any) -> ScoreOptions:
     if not version:
         problems.append(".version() must not be empty")
     out_field = values.get("field", "score")
-    if not out_field or out_field in ("is_anomaly", "threshold", "score_error", "score_challenger"):
+    reserved = (
+        contract.IS_ANOMALY,
+        contract.THRESHOLD,
+        contract.SCORE_ERROR,
+        contract.SCORE_CHALLENGER,
+        contract.THRESHOLD_CHALLENGER,
+    )
+    if not out_field or out_field in reserved:
         problems.append(f".field({out_field!r}) must be a non-empty name not used by other outputs")
     threshold = values.get("threshold")
-    if threshold is not None and not (0.0 <= threshold <= 1.0):
-        problems.append(f".threshold({threshold}) must be between 0 and 1")
+    if threshold == CARD_THRESHOLD:
+        threshold = None  # the card's
+    elif threshold is not None and not (0.0 <= threshold <= 1.0):
+        problems.append(
+            f".threshold({threshold}) must be between 0 and 1, or {CARD_THRESHOLD:g} for the "
+            "model card's threshold"
+        )
     max_batch = values.get("maxBatch", 512)
     if not (1 <= max_batch <= MAX_BATCH_LIMIT):
         problems.append(f".maxBatch({max_batch}) must be between 1 and {MAX_BATCH_LIMIT}")

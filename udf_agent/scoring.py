@@ -18,7 +18,7 @@ import numpy as np
 
 from models import contract
 from models.backends import BackendError, ScoringBackend, load_backend
-from models.registry import Registry, RegistryError
+from models.registry import ModelNotFound, Registry, RegistryError
 
 from .errors import OptionError
 from .metrics import AgentMetrics
@@ -199,11 +199,8 @@ class ScoringSession:
         self.metrics = metrics
         self.task = task
         self.node = node
+        self._warn = _WarnThrottle()
         self.primary = self._load(options.model, options.version, options.backend, "model")
-        self.challenger = None
-        if options.challenger:
-            name, ref = parse_model_ref(options.challenger, options.model)
-            self.challenger = self._load(name, ref, None, "challenger")
         self.fallback = None
         if options.fallback:
             name, ref = parse_model_ref(options.fallback, options.model)
@@ -211,7 +208,17 @@ class ScoringSession:
         self._check_features()
         self._check_outputs()
         self._set_model_info(self.primary, 1)
-        self._warn = _WarnThrottle()
+        # The challenger is optional: a task may name an alias that is promoted later, and a
+        # shadow model that cannot be used never stops the champion from scoring.
+        self.challenger: _Model | None = None
+        self._challenger_ref = (
+            parse_model_ref(options.challenger, options.model) if options.challenger else None
+        )
+        self._challenger_next_check = 0.0
+        self._challenger_waiting = False  # "not set yet" logged for the current wait
+        self._challenger_refused: str | None = None  # version that could not be used
+        if self._challenger_ref is not None:
+            self.challenger = self._find_challenger()
 
     # -- models ------------------------------------------------------------
     def _load(self, name: str, ref: str, kind: str | None, role: str) -> _Model:
@@ -223,12 +230,105 @@ class ScoringSession:
         return _Model(name, ref, version, backend)
 
     def _check_features(self) -> None:
-        for m in (self.challenger, self.fallback):
-            if m is not None and m.backend.feature_names != self.primary.backend.feature_names:
-                raise OptionError(
-                    f"{m.name} v{m.version} expects features different from "
-                    f"{self.primary.name} v{self.primary.version}; they cannot share a node"
+        m = self.fallback
+        if m is not None and m.backend.feature_names != self.primary.backend.feature_names:
+            raise OptionError(self._features_differ(m))
+
+    def _features_differ(self, m: _Model) -> str:
+        return (
+            f"{m.name} v{m.version} expects features different from "
+            f"{self.primary.name} v{self.primary.version}; they cannot share a node"
+        )
+
+    # -- challenger ------------------------------------------------------------
+    def _find_challenger(self) -> _Model | None:
+        """Look for the challenger (at most every ``reload_interval`` seconds): its alias
+        may be promoted after the task started. Returns None while it is missing or
+        unusable; a version that failed is not tried again until the alias moves."""
+        now = self.store.clock()
+        if now < self._challenger_next_check:
+            return None
+        self._challenger_next_check = now + self.store.reload_interval
+        name, ref = self._challenger_ref  # type: ignore[misc]
+        try:
+            version = self.store.resolve(name, ref)
+        except (RegistryError, OSError) as exc:
+            if not self._challenger_waiting:
+                log.info(
+                    "challenger not available, scoring without it until it is "
+                    "model=%s ref=%s task=%s node=%s reason=%s",
+                    name,
+                    ref,
+                    self.task,
+                    self.node,
+                    exc,
                 )
+                self._challenger_waiting = True
+            return None
+        if version == self._challenger_refused:
+            return None
+        try:
+            backend = self.store.backend(name, version, None)
+            m = _Model(name, ref, version, backend)
+            if backend.feature_names != self.primary.backend.feature_names:
+                raise OptionError(self._features_differ(m))
+        except (RegistryError, BackendError, OptionError, OSError) as exc:
+            self._challenger_refused = version
+            log.error(
+                "challenger not used, the champion scores alone model=%s ref=%s version=%s "
+                "task=%s node=%s error=%s",
+                name,
+                ref,
+                version,
+                self.task,
+                self.node,
+                exc,
+            )
+            if self.metrics is not None:
+                self.metrics.errors.labels("challenger_failed").inc()
+            return None
+        self._challenger_waiting = False
+        self._challenger_refused = None
+        log.info(
+            "challenger active model=%s ref=%s version=%s task=%s node=%s",
+            name,
+            ref,
+            version,
+            self.task,
+            self.node,
+        )
+        return m
+
+    def _refresh_challenger(self, m: _Model) -> _Model | None:
+        """Follow the challenger's alias; stop shadow scoring when the alias is removed."""
+        try:
+            self.store.resolve(m.name, m.ref)
+        except ModelNotFound:
+            log.info(
+                "challenger removed, scoring without it model=%s ref=%s version=%s task=%s node=%s",
+                m.name,
+                m.ref,
+                m.version,
+                self.task,
+                self.node,
+            )
+            self._challenger_waiting = True
+            return None
+        except (RegistryError, OSError):
+            pass  # _refresh reports it and keeps the current version
+        new = self._refresh(m, "challenger")
+        if new is not m and new.backend.feature_names != self.primary.backend.feature_names:
+            self._warn.warning(
+                ("challenger_features", new.name, new.version),
+                "challenger not switched, keeping version %s: %s",
+                m.version,
+                self._features_differ(new),
+            )
+            if self.metrics is not None:
+                self.metrics.errors.labels("challenger_failed").inc()
+            self.store.keep(m.name, m.ref, m.version)
+            return m
+        return new
 
     def output_fields(self) -> list[str]:
         """Fields this node adds to a point."""
@@ -366,7 +466,9 @@ class ScoringSession:
         in the same order. Never drops a point: failures become ``score_error``."""
         self.primary = self._refresh(self.primary, "model")
         if self.challenger is not None:
-            self.challenger = self._refresh(self.challenger, "challenger")
+            self.challenger = self._refresh_challenger(self.challenger)
+        elif self._challenger_ref is not None:
+            self.challenger = self._find_challenger()
         if self.fallback is not None:
             self.fallback = self._refresh(self.fallback, "fallback")
         features = self.primary.backend.feature_names
@@ -481,6 +583,12 @@ class ScoringSession:
         true_entry = _enc.boolean(contract.IS_ANOMALY, True)
         false_entry = _enc.boolean(contract.IS_ANOMALY, False)
         ch_prefix = _enc.double_prefix(contract.SCORE_CHALLENGER)
+        if challenger_scores is not None and self.challenger is not None:
+            # the challenger's own decision threshold, so dashboards compare like with like
+            ch_prefix = (
+                _enc.double(contract.THRESHOLD_CHALLENGER, self._threshold(self.challenger))
+                + ch_prefix
+            )
         pack = _PACK
         frame = _enc.frame
         out = []

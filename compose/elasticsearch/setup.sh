@@ -2,10 +2,13 @@
 # One-shot setup of Elasticsearch security for the stack (idempotent, safe to re-run):
 #   - sets the password of the built-in kibana_system user (Kibana's connection user)
 #   - creates role fraud_alerts_writer and user alert_sink (least privilege for the sink)
-# env: ES_URL, ELASTIC_PASSWORD, KIBANA_SYSTEM_PASSWORD, ALERT_SINK_ES_PASSWORD
+#   - creates role fraud_alerts_reader and user grafana (read-only, for Grafana's datasource)
+# env: ES_URL, ELASTIC_PASSWORD, KIBANA_SYSTEM_PASSWORD, ALERT_SINK_ES_PASSWORD,
+#      GRAFANA_ES_PASSWORD; ES_SETUP_TIMEOUT (seconds to wait for the cluster, default 120)
 set -euo pipefail
 
 : "${ES_URL:?}" "${ELASTIC_PASSWORD:?}" "${KIBANA_SYSTEM_PASSWORD:?}" "${ALERT_SINK_ES_PASSWORD:?}"
+: "${GRAFANA_ES_PASSWORD:?}"
 
 es() {
     # es METHOD PATH [JSON]: fails (and prints the body) on any non-2xx answer
@@ -23,11 +26,12 @@ es() {
     echo "elasticsearch-setup event=ok method=$method path=$path status=$status"
 }
 
-for _ in $(seq 1 60); do
-    if curl -fsS -u "elastic:${ELASTIC_PASSWORD}" "${ES_URL}/_cluster/health?wait_for_status=yellow&timeout=5s" >/dev/null; then
-        break
-    fi
+# wait for the cluster (up to ES_SETUP_TIMEOUT seconds); the first request reports what failed
+waited=0
+until curl -fsS -u "elastic:${ELASTIC_PASSWORD}" "${ES_URL}/_cluster/health?wait_for_status=yellow&timeout=5s" >/dev/null; do
+    [ "$waited" -lt "${ES_SETUP_TIMEOUT:-120}" ] || break
     sleep 2
+    waited=$((waited + 2))
 done
 
 es POST /_security/user/kibana_system/_password "{\"password\":\"${KIBANA_SYSTEM_PASSWORD}\"}"
@@ -44,6 +48,22 @@ es PUT /_security/user/alert_sink "{
   \"password\": \"${ALERT_SINK_ES_PASSWORD}\",
   \"roles\": [\"fraud_alerts_writer\"],
   \"full_name\": \"tick-anomaly alert sink\"
+}"
+
+# What Grafana's Elasticsearch datasource needs, per its documentation: cluster `monitor`
+# (the server version), `view_index_metadata` (mappings) and `read` (searches).
+es PUT /_security/role/fraud_alerts_reader '{
+  "cluster": ["monitor"],
+  "indices": [{
+    "names": ["fraud-alerts", "fraud-alerts-*"],
+    "privileges": ["read", "view_index_metadata"]
+  }]
+}'
+
+es PUT /_security/user/grafana "{
+  \"password\": \"${GRAFANA_ES_PASSWORD}\",
+  \"roles\": [\"fraud_alerts_reader\"],
+  \"full_name\": \"tick-anomaly Grafana (read-only)\"
 }"
 
 echo "elasticsearch-setup event=done"

@@ -29,6 +29,10 @@ QUALITY = f'"{c.RETENTION_POLICY}"."{c.MODEL_QUALITY_MEASUREMENT}"'
 #: fields the live-evaluation TICKscript writes into `model_quality`
 QUALITY_FIELDS = ("precision", "recall", "alert_rate")
 PER_SECOND = "/ ($__interval_ms / 1000)"
+#: every query on scored points or model quality keeps to the models picked in $model
+BY_MODEL = f'"{c.MODEL_TAG}" =~ /^$model$/'
+#: a field comparison is false on points without the field: "scored by the challenger too"
+HAS_CHALLENGER = f'"{c.SCORE_CHALLENGER}" >= 0'
 
 
 def influx(ref: str, query: str, alias: str | None = None) -> dict:
@@ -95,6 +99,27 @@ class Layout:
         return panel
 
 
+def model_variable() -> dict:
+    """$model: the models that scored points (all by default, several at once)."""
+    query = f'SHOW TAG VALUES FROM {SCORED} WITH KEY = "{c.MODEL_TAG}"'
+    return {
+        "name": "model",
+        "label": "model",
+        "type": "query",
+        "datasource": INFLUX,
+        "query": query,
+        "definition": query,
+        "refresh": 2,  # on time range change: a newly deployed model shows up
+        "multi": True,
+        "includeAll": True,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+        "sort": 1,
+        "hide": 0,
+        "regex": "",
+    }
+
+
 def dashboard(
     uid: str,
     title: str,
@@ -103,6 +128,7 @@ def dashboard(
     tags: list[str],
     refresh: str = "10s",
     time_from: str = "now-30m",
+    variables: list[dict] | None = None,
 ) -> dict:
     return {
         "uid": uid,
@@ -115,7 +141,7 @@ def dashboard(
         "graphTooltip": 1,
         "refresh": refresh,
         "time": {"from": time_from, "to": "now"},
-        "templating": {"list": []},
+        "templating": {"list": variables or []},
         "annotations": {"list": []},
         "links": [
             {
@@ -131,26 +157,32 @@ def dashboard(
 
 def live_scoring() -> dict:
     lay = Layout()
-    t = "WHERE $timeFilter"
-    g = "GROUP BY time($__interval) fill(0)"
+    t = f"WHERE {BY_MODEL} AND $timeFilter"
+    by_model = f'GROUP BY time($__interval), "{c.MODEL_TAG}" fill(0)'
     panels = [
         lay.panel(
             "Throughput",
             [
                 influx(
-                    "A", f'SELECT count("{c.LABEL}") {PER_SECOND} FROM {INPUT} {t} {g}', "published"
+                    "A",
+                    f'SELECT count("{c.LABEL}") {PER_SECOND} FROM {INPUT} WHERE $timeFilter '
+                    "GROUP BY time($__interval) fill(0)",
+                    "published",
                 ),
                 influx(
-                    "B", f'SELECT count("{c.SCORE}") {PER_SECOND} FROM {SCORED} {t} {g}', "scored"
+                    "B",
+                    f'SELECT count("{c.SCORE}") {PER_SECOND} FROM {SCORED} {t} {by_model}',
+                    f"scored $tag_{c.MODEL_TAG}",
                 ),
                 influx(
                     "C",
-                    f'SELECT count("{c.SCORE_ERROR}") {PER_SECOND} FROM {SCORED} {t} {g}',
-                    "score errors",
+                    f'SELECT count("{c.SCORE_ERROR}") {PER_SECOND} FROM {SCORED} {t} {by_model}',
+                    f"score errors $tag_{c.MODEL_TAG}",
                 ),
             ],
             unit="pps",
-            description="Points per second into InfluxDB and back from the UDF.",
+            description="Points per second into InfluxDB, and back from the UDF for each "
+            "model (every model scores every published point).",
         ),
         lay.panel(
             "Anomalies per second",
@@ -158,14 +190,14 @@ def live_scoring() -> dict:
                 influx(
                     "A",
                     f'SELECT count("{c.SCORE}") {PER_SECOND} FROM {SCORED} '
-                    f'WHERE "{c.IS_ANOMALY}" = true AND $timeFilter {g}',
-                    "anomalies",
+                    f'WHERE "{c.IS_ANOMALY}" = true AND {BY_MODEL} AND $timeFilter {by_model}',
+                    f"$tag_{c.MODEL_TAG}",
                 ),
             ],
             unit="pps",
         ),
         lay.panel(
-            "Score percentiles",
+            "Score percentiles and threshold",
             [
                 influx(
                     "A",
@@ -173,16 +205,23 @@ def live_scoring() -> dict:
                     f'percentile("{c.SCORE}", 95) AS "p95", '
                     f'percentile("{c.SCORE}", 99) AS "p99", '
                     f'mean("{c.THRESHOLD}") AS "threshold" FROM {SCORED} {t} '
-                    "GROUP BY time($__interval) fill(none)",
+                    f'GROUP BY time($__interval), "{c.MODEL_TAG}" fill(none)',
+                    f"$tag_{c.MODEL_TAG} $col",
                 ),
             ],
             unit="percentunit",
             field_config={"min": 0, "max": 1},
+            description="The threshold is the one the agent used, read from the scored points.",
         ),
         lay.panel(
             "Score distribution",
             [
-                influx("A", f'SELECT "{c.SCORE}" FROM {SCORED} {t} LIMIT 20000', "score"),
+                influx(
+                    "A",
+                    f'SELECT "{c.SCORE}" FROM {SCORED} {t} GROUP BY "{c.MODEL_TAG}" '
+                    "ORDER BY time DESC LIMIT 20000",
+                    f"$tag_{c.MODEL_TAG}",
+                ),
             ],
             kind="histogram",
             unit="percentunit",
@@ -192,7 +231,7 @@ def live_scoring() -> dict:
                 "combine": False,
                 "legend": {"displayMode": "list", "placement": "bottom"},
             },
-            description="Scores of the points in the time range (at most 20 000).",
+            description="The latest 20 000 scores of each model in the time range.",
         ),
         lay.panel(
             "Scored by model version",
@@ -226,42 +265,72 @@ def live_scoring() -> dict:
                 influx(
                     "A",
                     f'SELECT mean("{c.SCORE}") AS "champion", '
-                    f'mean("{c.SCORE_CHALLENGER}") AS "challenger" FROM {SCORED} {t} '
-                    "GROUP BY time($__interval) fill(none)",
+                    f'mean("{c.SCORE_CHALLENGER}") AS "challenger" FROM {SCORED} '
+                    f"WHERE {HAS_CHALLENGER} AND {BY_MODEL} AND $timeFilter "
+                    f'GROUP BY time($__interval), "{c.MODEL_TAG}" fill(none)',
+                    f"$tag_{c.MODEL_TAG} $col",
                 ),
             ],
             unit="percentunit",
-            description="Shadow scoring: score vs score_challenger.",
+            description="Shadow scoring (score vs score_challenger) on the points both scored. "
+            "Empty until a `challenger` alias is promoted.",
         ),
         lay.panel(
-            "Champion vs challenger: flags at 0.5",
+            "Champion vs challenger: flags at their own thresholds",
             [
                 influx(
                     "A",
                     f'SELECT count("{c.SCORE}") {PER_SECOND} FROM {SCORED} '
-                    f'WHERE "{c.SCORE}" >= 0.5 AND $timeFilter {g}',
-                    "champion",
+                    f'WHERE "{c.IS_ANOMALY}" = true AND {HAS_CHALLENGER} AND {BY_MODEL} '
+                    f"AND $timeFilter {by_model}",
+                    f"$tag_{c.MODEL_TAG} champion",
                 ),
                 influx(
                     "B",
                     f'SELECT count("{c.SCORE_CHALLENGER}") {PER_SECOND} FROM {SCORED} '
-                    f'WHERE "{c.SCORE_CHALLENGER}" >= 0.5 AND $timeFilter {g}',
-                    "challenger",
+                    f'WHERE "{c.SCORE_CHALLENGER}" >= "{c.THRESHOLD_CHALLENGER}" AND {BY_MODEL} '
+                    f"AND $timeFilter {by_model}",
+                    f"$tag_{c.MODEL_TAG} challenger",
                 ),
             ],
             unit="pps",
+            description="Points each model flags: the champion at `threshold` (is_anomaly), "
+            "the challenger at `threshold_challenger`, both read from the scored points.",
+        ),
+        lay.panel(
+            "Decision thresholds",
+            [
+                influx(
+                    "A",
+                    f'SELECT last("{c.THRESHOLD}") AS "champion", '
+                    f'last("{c.THRESHOLD_CHALLENGER}") AS "challenger" FROM {SCORED} {t} '
+                    f'GROUP BY time($__interval), "{c.MODEL_TAG}" fill(none)',
+                    f"$tag_{c.MODEL_TAG} $col",
+                ),
+            ],
+            w=24,
+            h=6,
+            unit="percentunit",
+            field_config={"min": 0, "max": 1},
+            description="What each model compares its scores with: the model card's tuned "
+            "threshold unless a task sets one.",
         ),
     ]
     return dashboard(
-        "fraud-live-scoring", "Fraud detection: live scoring", panels, tags=["influxdb"]
+        "fraud-live-scoring",
+        "Fraud detection: live scoring",
+        panels,
+        tags=["influxdb"],
+        variables=[model_variable()],
     )
 
 
 def model_quality() -> dict:
     lay = Layout()
-    t = "WHERE $timeFilter"
+    t = f"WHERE {BY_MODEL} AND $timeFilter"
     fields = ", ".join(f'last("{f}") AS "{f}"' for f in QUALITY_FIELDS)
-    scored_g = "GROUP BY time($__interval) fill(0)"
+    scored_g = f'GROUP BY time($__interval), "{c.MODEL_TAG}" fill(0)'
+    versions = f"$tag_{c.MODEL_TAG} v$tag_{c.MODEL_VERSION_TAG}"
     panels = [
         lay.panel(
             "Precision and recall (live, from labels)",
@@ -269,12 +338,14 @@ def model_quality() -> dict:
                 influx(
                     "A",
                     f"SELECT {fields} FROM {QUALITY} {t} GROUP BY time($__interval), * fill(none)",
+                    f"{versions} $col",
                 ),
             ],
             w=24,
             unit="percentunit",
             field_config={"min": 0, "max": 1},
-            description=f"Written by the evaluation TICKscript into `{c.MODEL_QUALITY_MEASUREMENT}`.",
+            description=f"Written by the evaluation TICKscript into `{c.MODEL_QUALITY_MEASUREMENT}`, "
+            "one series per model version.",
         ),
         lay.panel(
             "True positives / false positives / missed frauds",
@@ -282,24 +353,24 @@ def model_quality() -> dict:
                 influx(
                     "A",
                     f'SELECT count("{c.SCORE}") FROM {SCORED} WHERE "{c.IS_ANOMALY}" = true '
-                    f'AND "{c.LABEL}" = 1 AND $timeFilter {scored_g}',
-                    "true positives",
+                    f'AND "{c.LABEL}" = 1 AND {BY_MODEL} AND $timeFilter {scored_g}',
+                    f"$tag_{c.MODEL_TAG} true positives",
                 ),
                 influx(
                     "B",
                     f'SELECT count("{c.SCORE}") FROM {SCORED} WHERE "{c.IS_ANOMALY}" = true '
-                    f'AND "{c.LABEL}" = 0 AND $timeFilter {scored_g}',
-                    "false positives",
+                    f'AND "{c.LABEL}" = 0 AND {BY_MODEL} AND $timeFilter {scored_g}',
+                    f"$tag_{c.MODEL_TAG} false positives",
                 ),
                 influx(
                     "C",
                     f'SELECT count("{c.SCORE}") FROM {SCORED} WHERE "{c.IS_ANOMALY}" = false '
-                    f'AND "{c.LABEL}" = 1 AND $timeFilter {scored_g}',
-                    "missed frauds",
+                    f'AND "{c.LABEL}" = 1 AND {BY_MODEL} AND $timeFilter {scored_g}',
+                    f"$tag_{c.MODEL_TAG} missed frauds",
                 ),
             ],
             unit="short",
-            description="Counted straight from transactions_scored and its label.",
+            description="Counted straight from transactions_scored and its label, per model.",
         ),
         lay.panel(
             "Alert rate",
@@ -308,7 +379,7 @@ def model_quality() -> dict:
                     "A",
                     f'SELECT last("alert_rate") FROM {QUALITY} {t} '
                     "GROUP BY time($__interval), * fill(none)",
-                    "alert rate",
+                    versions,
                 ),
             ],
             unit="percentunit",
@@ -319,14 +390,22 @@ def model_quality() -> dict:
                 influx(
                     "A",
                     f'SELECT mean("{c.SCORE}") FROM {SCORED} WHERE "{c.LABEL}" = 1 '
-                    "AND $timeFilter GROUP BY time($__interval) fill(none)",
-                    "fraud (label 1)",
+                    f'AND {BY_MODEL} AND $timeFilter GROUP BY time($__interval), "{c.MODEL_TAG}" '
+                    "fill(none)",
+                    f"$tag_{c.MODEL_TAG} fraud (label 1)",
                 ),
                 influx(
                     "B",
                     f'SELECT mean("{c.SCORE}") FROM {SCORED} WHERE "{c.LABEL}" = 0 '
-                    "AND $timeFilter GROUP BY time($__interval) fill(none)",
-                    "legit (label 0)",
+                    f'AND {BY_MODEL} AND $timeFilter GROUP BY time($__interval), "{c.MODEL_TAG}" '
+                    "fill(none)",
+                    f"$tag_{c.MODEL_TAG} legit (label 0)",
+                ),
+                influx(
+                    "C",
+                    f'SELECT mean("{c.THRESHOLD}") FROM {SCORED} {t} '
+                    f'GROUP BY time($__interval), "{c.MODEL_TAG}" fill(none)',
+                    f"$tag_{c.MODEL_TAG} threshold",
                 ),
             ],
             w=24,
@@ -341,6 +420,7 @@ def model_quality() -> dict:
         tags=["influxdb", "quality"],
         refresh="30s",
         time_from="now-6h",
+        variables=[model_variable()],
     )
 
 

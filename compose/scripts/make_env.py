@@ -49,13 +49,29 @@ VARIABLES: tuple[Variable, ...] = (
         default="tick-anomaly",
     ),
     Variable(
-        name="INFLUXDB_ADMIN_USER", help="InfluxDB admin (Kapacitor, Chronograf)", default="admin"
+        name="INFLUXDB_ADMIN_USER",
+        help="InfluxDB admin (Kapacitor: subscriptions need admin rights)",
+        default="admin",
     ),
     Variable(name="INFLUXDB_ADMIN_PASSWORD", help="InfluxDB admin password", generate=_token()),
     Variable(
-        name="INFLUXDB_READ_USER", help="InfluxDB user reading `fraud` (Grafana)", default="grafana"
+        name="INFLUXDB_READ_USER",
+        help="InfluxDB user reading `fraud` (Grafana, health checks)",
+        default="grafana",
     ),
     Variable(name="INFLUXDB_READ_USER_PASSWORD", help="its password", generate=_token()),
+    Variable(
+        name="INFLUXDB_WRITE_USER",
+        help="InfluxDB user writing `fraud` (publisher)",
+        default="publisher",
+    ),
+    Variable(name="INFLUXDB_WRITE_USER_PASSWORD", help="its password", generate=_token()),
+    Variable(
+        name="INFLUXDB_CHRONOGRAF_USER",
+        help="InfluxDB user reading `fraud` and `chronograf` (Chronograf)",
+        default="chronograf",
+    ),
+    Variable(name="INFLUXDB_CHRONOGRAF_USER_PASSWORD", help="its password", generate=_token()),
     Variable(name="GRAFANA_ADMIN_USER", help="Grafana admin login", default="admin"),
     Variable(name="GRAFANA_ADMIN_PASSWORD", help="Grafana admin password", generate=_token()),
     Variable(
@@ -79,8 +95,13 @@ VARIABLES: tuple[Variable, ...] = (
         generate=_token(),
     ),
     Variable(
+        name="GRAFANA_ES_PASSWORD",
+        help="password of the read-only `grafana` Elasticsearch user",
+        generate=_token(),
+    ),
+    Variable(
         name="ALERT_SINK_TOKEN",
-        help="bearer token Kapacitor sends to the alert sink",
+        help="token Kapacitor sends to the alert sink (basic-auth password)",
         generate=_token(32),
     ),
     Variable(name="JUPYTER_TOKEN", help="Jupyter login token", generate=_token()),

@@ -1,24 +1,25 @@
 #!/bin/sh
-# Start Kapacitor with the alert-sink token filled in from the environment.
+# Start Kapacitor as its own user, with the alert-sink token from the environment.
 #
-# 1. Renders the configuration template ($KAPACITOR_CONF_TEMPLATE) into $KAPACITOR_CONF and
-#    the TICKscript load directory ($KAPACITOR_LOAD_SRC: templates/, tasks/, handlers/) into
-#    $KAPACITOR_LOAD_DIR, replacing @ALERT_SINK_TOKEN@ with the token from ALERT_SINK_TOKEN
-#    or from the file named by ALERT_SINK_TOKEN_FILE. Rendered files are mode 0600.
+# 1. Reads the token from ALERT_SINK_TOKEN or from the file named by ALERT_SINK_TOKEN_FILE
+#    and exports it as KAPACITOR_HTTPPOST_0_BASIC_AUTH_PASSWORD, Kapacitor's own override of
+#    the [[httppost]] endpoint's basic-auth password (kapacitor.conf holds no secret, and
+#    Kapacitor's configuration API redacts basic auth).
 # 2. Waits (up to $UDF_WAIT_SECONDS) for the UDF sockets: Kapacitor asks every configured
 #    UDF for its options at start-up and refuses to start when a socket is missing.
-# 3. Execs the command (default: kapacitord -config $KAPACITOR_CONF).
+# 3. Started as root (the image's default): gives $KAPACITOR_DATA_DIR to $KAPACITOR_USER
+#    and runs the command as that user, with the sockets' group ($UDF_SOCKET_GID, default:
+#    the group of the first socket) as its only supplementary group, so it can connect to
+#    the agent's 0660 sockets. Started as any other user, runs the command as it is.
+# The command defaults to kapacitord -config $KAPACITOR_CONF.
 set -eu
 
-: "${KAPACITOR_CONF_TEMPLATE:=/etc/kapacitor/kapacitor.conf}"
-: "${KAPACITOR_CONF:=/var/lib/kapacitor/kapacitor.rendered.conf}"
-: "${KAPACITOR_LOAD_SRC:=/etc/kapacitor/load-src}"
-# Kapacitor itself reads KAPACITOR_LOAD_DIR as an override of [load] dir.
-: "${KAPACITOR_LOAD_DIR:=/etc/kapacitor/load}"
+: "${KAPACITOR_CONF:=/etc/kapacitor/kapacitor.conf}"
+: "${KAPACITOR_USER:=kapacitor}"
+: "${KAPACITOR_DATA_DIR:=/var/lib/kapacitor}"
 # set UDF_SOCKETS="" to skip the wait
 UDF_SOCKETS="${UDF_SOCKETS-/var/run/tick-anomaly/udf.sock /var/run/tick-anomaly/udf-batch.sock}"
 : "${UDF_WAIT_SECONDS:=120}"
-export KAPACITOR_LOAD_DIR
 
 log() { echo "kapacitor-entrypoint: $*" >&2; }
 die() { log "error: $*"; exit 64; }
@@ -32,32 +33,11 @@ fi
 case "$token" in
     *[!A-Za-z0-9._~+/=-]*) die "ALERT_SINK_TOKEN may only contain A-Z a-z 0-9 . _ ~ + / = -" ;;
 esac
+KAPACITOR_HTTPPOST_0_BASIC_AUTH_PASSWORD="$token"
+export KAPACITOR_HTTPPOST_0_BASIC_AUTH_PASSWORD
+unset ALERT_SINK_TOKEN ALERT_SINK_TOKEN_FILE token
 
-render() {  # render SRC DEST
-    umask 077
-    sed "s|@ALERT_SINK_TOKEN@|$token|g" "$1" > "$2.tmp"
-    mv "$2.tmp" "$2"
-}
-
-[ -r "$KAPACITOR_CONF_TEMPLATE" ] || die "configuration template $KAPACITOR_CONF_TEMPLATE not found"
-mkdir -p "$(dirname "$KAPACITOR_CONF")"
-render "$KAPACITOR_CONF_TEMPLATE" "$KAPACITOR_CONF"
-log "configuration rendered to $KAPACITOR_CONF"
-
-if [ -d "$KAPACITOR_LOAD_SRC" ]; then
-    for sub in templates tasks handlers; do
-        rm -rf "${KAPACITOR_LOAD_DIR:?}/$sub"
-        mkdir -p "$KAPACITOR_LOAD_DIR/$sub"
-        [ -d "$KAPACITOR_LOAD_SRC/$sub" ] || continue
-        for f in "$KAPACITOR_LOAD_SRC/$sub"/*; do
-            [ -f "$f" ] || continue
-            render "$f" "$KAPACITOR_LOAD_DIR/$sub/$(basename "$f")"
-        done
-    done
-    log "load directory rendered from $KAPACITOR_LOAD_SRC to $KAPACITOR_LOAD_DIR"
-else
-    log "warning: $KAPACITOR_LOAD_SRC not found; no tasks are loaded from files"
-fi
+[ -r "$KAPACITOR_CONF" ] || die "configuration $KAPACITOR_CONF not found"
 
 waited=0
 for sock in $UDF_SOCKETS; do
@@ -72,4 +52,43 @@ done
 if [ "$#" -eq 0 ]; then
     set -- kapacitord -config "$KAPACITOR_CONF"
 fi
-exec "$@"
+
+if [ "$(id -u)" -ne 0 ]; then
+    exec "$@"
+fi
+
+id "$KAPACITOR_USER" >/dev/null 2>&1 || die "user $KAPACITOR_USER does not exist in this image"
+first_socket=""
+for sock in $UDF_SOCKETS; do first_socket="$sock"; break; done
+gid="${UDF_SOCKET_GID:-}"
+if [ -n "$first_socket" ]; then
+    socket_gid=$(stat -c %g "$first_socket")
+    if [ -z "$gid" ]; then
+        gid="$socket_gid"
+    elif [ "$gid" != "$socket_gid" ]; then
+        log "warning: $first_socket belongs to group $socket_gid, not UDF_SOCKET_GID=$gid"
+    fi
+fi
+case "$gid" in
+    ''|*[!0-9]*) [ -z "$gid" ] || die "UDF_SOCKET_GID must be a numeric group id, got $gid" ;;
+esac
+
+# The data directory (task store, replays, alert log) belongs to Kapacitor's user, also
+# when a volume was written by a root Kapacitor before.
+if [ -d "$KAPACITOR_DATA_DIR" ]; then
+    owner=$(stat -c %u "$KAPACITOR_DATA_DIR")
+    if [ "$owner" != "$(id -u "$KAPACITOR_USER")" ]; then
+        log "giving $KAPACITOR_DATA_DIR to $KAPACITOR_USER"
+        chown -R "$KAPACITOR_USER:$(id -g "$KAPACITOR_USER")" "$KAPACITOR_DATA_DIR"
+    fi
+    # a configuration rendered with the token by an older entrypoint is not needed anymore
+    rm -f "$KAPACITOR_DATA_DIR/kapacitor.rendered.conf"
+fi
+
+if [ -n "$gid" ]; then
+    groups="--groups=$gid"
+else
+    groups="--clear-groups"
+fi
+log "starting as $KAPACITOR_USER${gid:+ (supplementary group $gid)}"
+exec setpriv --reuid="$KAPACITOR_USER" --regid="$(id -g "$KAPACITOR_USER")" "$groups" "$@"
