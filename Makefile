@@ -53,8 +53,8 @@ bench: venv
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 proto: venv
-	$(BIN)/python udf_agent/protocol/_generate.py
-	$(BIN)/python udf_agent/backends/_generate.py
+	$(BIN)/python -m udf_agent.protocol._generate
+	$(BIN)/python -m models.backends.tfserving._generate
 
 notebooks: venv
 	$(BIN)/python notebooks/make_notebooks.py

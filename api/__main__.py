@@ -81,6 +81,29 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "default: the copy bundled with the API, which needs no internet",
     )
     p.add_argument(
+        "--tfserving-target",
+        default=_env(env, "TFSERVING_TARGET"),
+        help="TF Serving gRPC address host:port for TF models (API_TFSERVING_TARGET); "
+        "default: TF models are scored in-process from their SavedModel",
+    )
+    p.add_argument(
+        "--tfserving-rest-url",
+        default=_env(env, "TFSERVING_REST_URL"),
+        help="TF Serving REST base URL (API_TFSERVING_REST_URL)",
+    )
+    p.add_argument(
+        "--tfserving-transport",
+        choices=["grpc", "rest"],
+        default=_env(env, "TFSERVING_TRANSPORT", "grpc"),
+        help="API_TFSERVING_TRANSPORT",
+    )
+    p.add_argument(
+        "--tfserving-timeout",
+        type=float,
+        default=_env(env, "TFSERVING_TIMEOUT", "1.0"),
+        help="deadline of one TF Serving call in seconds (API_TFSERVING_TIMEOUT)",
+    )
+    p.add_argument(
         "--log-level", default=_env(env, "LOG_LEVEL", "info"), help="log level (API_LOG_LEVEL)"
     )
     return p
@@ -104,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             reload_interval=args.reload_interval,
             cache_size=args.cache_size,
             swagger_ui_url=args.swagger_ui_url,
+            tfserving_target=args.tfserving_target,
+            tfserving_rest_url=args.tfserving_rest_url,
+            tfserving_transport=args.tfserving_transport,
+            tfserving_timeout=args.tfserving_timeout,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -67,7 +67,7 @@ def _features_for_docs(service: ModelService) -> list[str]:
         return list(service.serving.feature_names)
     try:
         return service.registry.card(service.name, service.alias).features
-    except (RegistryError, KeyError):
+    except RegistryError:
         return list(FEATURES)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,12 @@ class ApiConfig:
     retry_interval: float = 10.0
     cache_size: int = 4
     swagger_ui_url: str = ""
+    #: TF Serving, for TF models (empty: TF models are scored in-process from their
+    #: SavedModel, which needs the tf extra)
+    tfserving_target: str = ""
+    tfserving_rest_url: str = ""
+    tfserving_transport: str = "grpc"
+    tfserving_timeout: float = 1.0
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -47,8 +53,30 @@ class ApiConfig:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {self.cache_size}")
+        if self.tfserving_transport not in ("grpc", "rest"):
+            raise ValueError(
+                f"tfserving_transport must be 'grpc' or 'rest', got {self.tfserving_transport!r}"
+            )
+        if self.tfserving_transport == "rest" and not self.tfserving_rest_url:
+            raise ValueError("tfserving_transport 'rest' needs tfserving_rest_url")
+        if not self.tfserving_timeout > 0:
+            raise ValueError(f"tfserving_timeout must be > 0, got {self.tfserving_timeout}")
         if self.reload_interval < 0 or self.retry_interval < 0:
             raise ValueError("reload_interval and retry_interval must be >= 0")
+
+    def tfserving_config(self) -> Any:
+        """The TF Serving client settings (a ``TFServingConfig``), or None when no TF
+        Serving address is configured."""
+        if not (self.tfserving_target or self.tfserving_rest_url):
+            return None
+        from models.backends.tfserving import TFServingConfig
+
+        return TFServingConfig(
+            target=self.tfserving_target or "localhost:8500",
+            rest_url=self.tfserving_rest_url or None,
+            transport=self.tfserving_transport,
+            timeout=self.tfserving_timeout,
+        )
 
     @property
     def max_content_length(self) -> int:
@@ -59,7 +87,9 @@ class ApiConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ApiConfig:
         """Build from ``API_*`` variables (``API_REGISTRY``, ``API_MODEL``, ``API_ALIAS``,
         ``API_MAX_BATCH``, ``API_RELOAD_INTERVAL``, ``API_RETRY_INTERVAL``,
-        ``API_CACHE_SIZE``, ``API_SWAGGER_UI_URL``); ``overrides`` win over the environment."""
+        ``API_CACHE_SIZE``, ``API_SWAGGER_UI_URL``, ``API_TFSERVING_TARGET``,
+        ``API_TFSERVING_REST_URL``, ``API_TFSERVING_TRANSPORT``, ``API_TFSERVING_TIMEOUT``);
+        ``overrides`` win over the environment."""
         environ = os.environ if environ is None else environ
         casts: dict[str, Callable[[str], Any]] = {
             "registry": Path,
@@ -70,6 +100,10 @@ class ApiConfig:
             "retry_interval": float,
             "cache_size": int,
             "swagger_ui_url": str,
+            "tfserving_target": str,
+            "tfserving_rest_url": str,
+            "tfserving_transport": str,
+            "tfserving_timeout": float,
         }
         values: dict[str, Any] = {}
         for name, cast in casts.items():
@@ -94,6 +128,3 @@ class ApiConfig:
         if unknown:
             raise ValueError(f"unknown API config keys: {', '.join(unknown)}")
         return cls.from_env(**config)
-
-    def with_(self, **changes: Any) -> ApiConfig:
-        return replace(self, **changes)

@@ -69,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tfserving_peer import TFServingPeer, TinyBundle
 
-    from models.backends import load_backend
-    from udf_agent.backends import ensure_tfserving_registered
+    from models.backends import load_backend, serving_factory
+    from models.backends.tfserving import TFServingConfig
 
-    ensure_tfserving_registered()
     tmp = Path(tempfile.mkdtemp(prefix="bench-tfserving-"))
     rows = []
     try:
@@ -82,15 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         rest_url = peer.start_rest()
         X = np.tile(bundle.X_test, (4, 1))
         for transport in ("grpc", "rest"):
+            config = TFServingConfig(
+                target=peer.target, rest_url=rest_url, transport=transport, timeout=10.0
+            )
             backend = load_backend(
-                bundle.registry,
-                bundle.name,
-                "production",
-                kind="tfserving",
-                tfserving_target=peer.target,
-                tfserving_rest_url=rest_url,
-                tfserving_transport=transport,
-                tfserving_timeout=10.0,
+                bundle.registry, bundle.name, "production", factory=serving_factory(config)
             )
             try:
                 backend.score(X[:8])  # warm the channel and the signature
@@ -120,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _agent_runs(bundle, peer, tmp: Path, args) -> list:
+    from models.backends.tfserving import TFServingConfig
     from udf_agent.replay import build_payloads, run_replay
     from udf_agent.server import AgentConfig, AgentServer
 
@@ -134,7 +130,7 @@ def _agent_runs(bundle, peer, tmp: Path, args) -> list:
     cfg = AgentConfig(
         socket_path=tmp / "udf.sock",
         registry=bundle.registry.root,
-        backend_options={"tfserving_target": peer.target, "tfserving_timeout": 10.0},
+        tfserving=TFServingConfig(target=peer.target, timeout=10.0),
     )
     srv = AgentServer(cfg, registry=bundle.registry).start()
     try:

@@ -25,15 +25,25 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .card import ModelCard
+from .errors import (
+    ChecksumMismatch,
+    InvalidCard,
+    ModelNotFound,
+    RegistryError,
+    SignatureError,
+    UnsafeArtifact,
+)
 
 __all__ = [
     "ALIASES_FILE",
     "CARD_FILE",
     "CARD_MARKDOWN_FILE",
     "ChecksumMismatch",
+    "InvalidCard",
     "ModelCard",
     "ModelNotFound",
     "Registry",
@@ -53,29 +63,6 @@ CARD_FILE = "model.json"
 #: human-readable model card written next to ``model.json``
 CARD_MARKDOWN_FILE = "architecture.md"
 ALIASES_FILE = "aliases.json"
-KNOWN_ALIASES = ("production", "challenger", "staging")
-
-
-class RegistryError(Exception):
-    """Base class of registry errors; the message says what to do."""
-
-
-class ModelNotFound(RegistryError):
-    """Unknown model name, version or alias."""
-
-
-class ChecksumMismatch(RegistryError):
-    """An artifact's sha256 differs from the one recorded in its card."""
-
-
-class UnsafeArtifact(RegistryError):
-    """A card names an artifact outside its own version directory (an absolute path,
-    ``..``, or a symlink leading out): refused before anything is opened."""
-
-
-class SignatureError(RegistryError):
-    """A signing key is configured and a card is unsigned, or its signature does not
-    match (the card, and so the artifact checksum it records, was altered)."""
 
 
 #: environment variables holding the registry's card-signing key (the file wins)
@@ -142,53 +129,6 @@ def sha256_path(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """A model card as stored in ``model.json`` (``data`` keeps every key)."""
-
-    data: Mapping[str, Any] = field(repr=False)
-    path: Path | None = None
-
-    @property
-    def name(self) -> str:
-        return str(self.data["name"])
-
-    @property
-    def version(self) -> str:
-        return str(self.data["version"])
-
-    @property
-    def framework(self) -> str:
-        return str(self.data.get("framework", "sklearn"))
-
-    @property
-    def features(self) -> list[str]:
-        return list(self.data["features"])
-
-    @property
-    def threshold(self) -> float:
-        return float(self.data["threshold"])
-
-    @property
-    def artifact_file(self) -> str:
-        return str(self.data["artifact"]["file"])
-
-    @property
-    def artifact_sha256(self) -> str:
-        return str(self.data["artifact"]["sha256"])
-
-    @property
-    def serving(self) -> Mapping[str, Any]:
-        return self.data.get("serving") or {}
-
-    @property
-    def metrics(self) -> Mapping[str, Any]:
-        return self.data.get("metrics") or {}
-
-    def __repr__(self) -> str:
-        return f"ModelCard({self.name} v{self.version}, {self.framework}, {len(self.features)} features)"
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -365,22 +305,22 @@ class Registry:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise RegistryError(f"cannot read model card {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise RegistryError(f"model card {path} is not a JSON object")
-        # The card's own name and version decide where its artifact is looked up: they
-        # must be the directory it was read from.
-        if str(data.get("name")) != name or str(data.get("version")) != version:
-            raise RegistryError(
-                f"model card {path} names {data.get('name')!r} v{data.get('version')}, "
-                f"not {name!r} v{version}; refusing it"
+        self._check_signature(data, path)  # first: an altered card is refused as such
+        card = ModelCard(data=data, path=path)
+        # The card's own name and version must be the directory it was read from.
+        if card.name != name or card.version != version:
+            raise InvalidCard(
+                f"model card {path} names {card.name!r} v{card.version}, not {name!r} "
+                f"v{version}; refusing it"
             )
-        self._check_signature(data, path)
-        return ModelCard(data=data, path=path)
+        return card
 
-    def _check_signature(self, data: Mapping[str, Any], path: Path) -> None:
+    def _check_signature(self, data: Any, path: Path) -> None:
         key = self.signing_key
         if key is None:
             return
+        if not isinstance(data, dict):
+            raise InvalidCard(f"model card {path} is not a JSON object")
         sig = data.get("signature")
         if not isinstance(sig, dict) or not isinstance(sig.get("value"), str):
             raise SignatureError(

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import BackendError, ScoringBackend
+from .backends.savedmodel import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME, SavedModelBackend
 from .contract import FEATURES
 from .registry import ModelCard, Registry, RegistryError
 
@@ -54,9 +54,6 @@ __all__ = [
 
 log = logging.getLogger("models.tf_keras")
 
-SIGNATURE_NAME = "serving_default"
-INPUT_NAME = "features"
-OUTPUT_NAME = "score"
 ARTIFACT_DIR = "saved_model"
 KERAS_FILE = "model.keras"
 FRAMEWORK = "tf"
@@ -178,41 +175,6 @@ def predict_proba(model, X: np.ndarray) -> np.ndarray:
     """The model's class-1 probability per row, as float64 ``(n,)``."""
     out = model.predict(np.asarray(X, dtype=np.float32), batch_size=4096, verbose=0)
     return np.asarray(out, dtype=np.float64).reshape(-1)
-
-
-class SavedModelBackend(ScoringBackend):
-    """Scores a registered TF model in-process from its checksummed SavedModel, through
-    the same ``serving_default`` signature TF Serving calls. ``models evaluate`` and the
-    REST API use it, so they need TensorFlow but no TF Serving."""
-
-    kind = "savedmodel"
-
-    def __init__(self, card: ModelCard, loaded: Any, signature: Any) -> None:
-        super().__init__(card)
-        self._loaded = loaded  # owns the variables the signature reads
-        self._signature = signature
-        spec = card.serving
-        self._input = next(iter(spec.get("inputs") or {INPUT_NAME: None}))
-        self._output = next(iter(spec.get("outputs") or {OUTPUT_NAME: None}))
-
-    @classmethod
-    def from_card(cls, registry: Registry, card: ModelCard, **options: Any) -> SavedModelBackend:
-        tf = _tf()
-        path = registry.verify(card)
-        name = card.serving.get("signature_name", SIGNATURE_NAME)
-        try:
-            loaded = tf.saved_model.load(str(path))
-            signature = loaded.signatures[name]
-        except KeyError as exc:
-            raise BackendError(f"{path} has no signature {name!r}") from exc
-        except Exception as exc:  # TF raises many types for a damaged SavedModel
-            raise BackendError(f"cannot load {card.name} v{card.version}: {exc}") from exc
-        return cls(card, loaded, signature)
-
-    def score(self, X: np.ndarray) -> np.ndarray:
-        tf = _tf()
-        out = self._signature(**{self._input: tf.constant(np.asarray(X, dtype=np.float32))})
-        return np.asarray(out[self._output].numpy(), dtype=np.float64).reshape(-1)
 
 
 def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:

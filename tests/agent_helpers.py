@@ -17,7 +17,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from models import contract
-from models.backends import SklearnBackend, register_backend_kind
+from models.backends import BackendFactory, SklearnBackend, serving_factory
+from models.backends.tfserving import TFServingConfig
 from models.registry import Registry
 from udf_agent.protocol import messages as pb
 from udf_agent.protocol.codec import FrameDecoder, encode_frame
@@ -60,15 +61,21 @@ class SlowBackend(SklearnBackend):
     calls: list[int] = []
     fail = False
 
-    def score(self, X):
+    def _score(self, X):
         SlowBackend.calls.append(len(X))
         time.sleep(SlowBackend.delay)
         if SlowBackend.fail:
             raise RuntimeError("backend unavailable")
-        return super().score(X)
+        return super()._score(X)
 
 
-register_backend_kind("slow", SlowBackend.from_card)
+#: backend kinds that only tests have, by card framework (see ``factory_with_test_kinds``)
+TEST_KINDS: dict[str, object] = {"slow": SlowBackend.from_card}
+
+
+def factory_with_test_kinds(**extra: object) -> BackendFactory:
+    """The agent's factory plus the test kinds (``framework="slow"`` cards and ``extra``)."""
+    return serving_factory(TFServingConfig()).extended({**TEST_KINDS, **extra})
 
 
 def row_point(row: np.ndarray, *, t: int, txn: str, label: int = 0, source: str = "test") -> Any:

@@ -15,13 +15,14 @@ from agent_helpers import (
     Client,
     SlowBackend,
     close_clients,
+    factory_with_test_kinds,
     register_tiny,
     req,
     row_point,
 )
 
 from models import contract
-from models.backends import SklearnBackend, register_backend_kind
+from models.backends import SklearnBackend
 from models.registry import Registry
 from udf_agent.protocol import messages as pb
 from udf_agent.protocol.codec import encode_frame
@@ -45,7 +46,8 @@ def registry(tmp_path) -> Registry:
 
 def _server(tmp_path, registry, **kw) -> AgentServer:
     cfg = AgentConfig(socket_path=tmp_path / "udf.sock", registry=registry.root, **kw)
-    return AgentServer(cfg, registry=registry).start()
+    factory = factory_with_test_kinds(bad_scores=_BadScores.from_card)
+    return AgentServer(cfg, registry=registry, factory=factory).start()
 
 
 def _metric(server: AgentServer, name: str, labels: dict | None = None) -> float:
@@ -274,14 +276,11 @@ _BAD = {101.0: np.nan, 102.0: np.inf, 103.0: -0.5, 104.0: 1.5}
 class _BadScores(SklearnBackend):
     """Returns NaN, +inf, -0.5 and 1.5 for rows whose first feature is 101..104."""
 
-    def score(self, X):
-        s = super().score(X)
+    def _score(self, X):
+        s = np.array(super()._score(X))
         for i, marker in enumerate(X[:, 0].tolist()):
             s[i] = _BAD.get(marker, s[i])
         return s
-
-
-register_backend_kind("bad_scores", _BadScores.from_card)
 
 
 def test_a_score_that_is_not_a_probability_becomes_score_error(tmp_path):
@@ -314,7 +313,7 @@ def test_a_large_kapacitor_batch_is_scored_in_chunks_inside_one_begin_end(tmp_pa
         registry=registry.root,
         max_inflight=50,
     )
-    srv = AgentServer(cfg, registry=registry).start()
+    srv = AgentServer(cfg, registry=registry, factory=factory_with_test_kinds()).start()
     try:
         c = Client(cfg.batch_socket_path, timeout=WAIT)
         assert c.init({"model": "creditcard"}).success

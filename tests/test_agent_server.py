@@ -18,6 +18,7 @@ from agent_helpers import (
     Client,
     SlowBackend,
     close_clients,
+    factory_with_test_kinds,
     init_req,
     register_tiny,
     req,
@@ -28,14 +29,15 @@ from agent_helpers import (
 from prometheus_client import generate_latest
 
 from models import contract
-from models.backends import SklearnBackend, register_backend_kind
+from models.backends import SklearnBackend
+from models.provider import ModelProvider
 from models.registry import Registry
 from udf_agent.errors import AgentError
 from udf_agent.options import ScoreOptions
 from udf_agent.protocol import messages as pb
 from udf_agent.protocol.codec import FrameDecoder, encode_varint
 from udf_agent.replay import build_payloads, run_replay
-from udf_agent.scoring import ModelStore, ScoringSession
+from udf_agent.scoring import ScoringSession
 from udf_agent.server import AgentConfig, AgentServer
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "kapacitor-udf-socket"
@@ -62,7 +64,7 @@ def server(tmp_path, registry):
         registry=registry.root,
         reload_interval=0.0,
     )
-    srv = AgentServer(cfg, registry=registry).start()
+    srv = AgentServer(cfg, registry=registry, factory=factory_with_test_kinds()).start()
     yield srv
     srv.stop()
 
@@ -787,7 +789,7 @@ def test_backlog_age_counts_from_when_a_micro_batch_is_complete(tmp_path, regist
     cfg = AgentConfig(
         socket_path=tmp_path / "window.sock", registry=registry.root, max_backlog_age=0.2
     )
-    with AgentServer(cfg, registry=registry) as srv:
+    with AgentServer(cfg, registry=registry, factory=factory_with_test_kinds()) as srv:
         c = Client(srv.config.socket_path)
         assert c.init({"model": "creditcard", "maxDelay": ("duration", 500_000_000)}).success
         c.send(req(point=row_point(_rows(1)[0], t=1, txn="held")))
@@ -831,32 +833,30 @@ def test_points_received_before_a_re_init_keep_the_old_options(server, registry)
 class _ChannelBackend(SklearnBackend):
     """A backend holding a connection (like TF Serving's channel): unusable once closed."""
 
-    def close(self):
-        self.closed = True
-
-    def score(self, X):
-        if getattr(self, "closed", False):
-            raise RuntimeError("channel closed")
-        return super().score(X)
+    def _close(self):
+        self.channel_closed = True
 
 
-register_backend_kind("channel", _ChannelBackend.from_card)
-
-
-def test_evicting_a_backend_from_the_store_does_not_close_it_under_a_running_task(registry):
-    """The store's LRU order follows loads, not use: the backend of a long-running task
-    is the least recently loaded one, and later loads must not break it."""
+def test_a_backend_a_running_task_holds_is_never_closed_by_the_cache(registry):
+    """The provider's LRU closes only backends nobody holds: a long-running task's model,
+    the least recently loaded one, survives later loads beyond the cache size."""
     register_tiny(registry, "first", framework="channel")
     register_tiny(registry, "second", framework="channel", seed=3)
-    store = ModelStore(registry, max_loaded=1)
-    running = ScoringSession(ScoreOptions(model="first"), store)
-    ScoringSession(ScoreOptions(model="second"), store)  # evicts "first" from the cache
-    assert [name for name, _, _ in store.loaded()] == ["second"]
+    register_tiny(registry, "third", framework="channel", seed=4)
+    provider = ModelProvider(
+        registry, factory_with_test_kinds(channel=_ChannelBackend.from_card), max_loaded=1
+    )
+    running = ScoringSession(ScoreOptions(model="first"), provider)
+    done = ScoringSession(ScoreOptions(model="second"), provider)
+    done.close()  # "second" is no longer held: the next load may close it
+    ScoringSession(ScoreOptions(model="third"), provider)
+    assert sorted(name for name, _, _ in provider.loaded()) == ["first", "third"]
     p = row_point(_rows(1)[0], t=1, txn="a")
     (frame,) = running.score([p], [None])
     out = pb.Response.FromString(unframe(frame)).point
     assert "score_error" not in out.fieldsString
     assert "score" in out.fieldsDouble
+    assert not running.primary.backend.closed
 
 
 def test_fallback_scores_are_judged_by_the_fallback_cards_threshold(server, registry):

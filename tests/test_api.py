@@ -174,30 +174,42 @@ def test_unknown_version_is_404(shared_url, session, ref):
     assert body["error"] == "model_not_found" and MODEL in body["message"]
 
 
-def test_versions_are_cached_lru(registry_dir, estimators):
+def test_versions_are_cached_lru_and_a_held_version_is_never_evicted(registry_dir, estimators):
+    from models.backends import BackendFactory, sklearn_builder
+
     calls: list[str] = []
 
-    def counting_loader(registry, name, ref):
-        from models.backends import load_backend
-
-        calls.append(str(ref))
-        return load_backend(registry, name, ref)
+    def counting_builder(registry, card):
+        calls.append(card.version)
+        return sklearn_builder(registry, card)
 
     reg = Registry(registry_dir)
     reg.register(MODEL, estimators["1"], features=FEATURES, threshold=0.5)  # v3
     service = ModelService(
         ApiConfig(registry=registry_dir, model=MODEL, cache_size=2, reload_interval=0),
-        loader=counting_loader,
+        factory=BackendFactory({"sklearn": counting_builder}),
     )
-    assert service.get().version == "1" and calls == ["1"]
-    assert service.get("2").version == "2" and service.get("challenger").version == "2"
+
+    def version(ref=None):
+        with service.use(ref) as backend:
+            return backend.version
+
+    assert version() == "1" and calls == ["1"]
+    assert version("2") == "2" and version("challenger") == "2"
     assert calls == ["1", "2"]  # the alias resolved to the cached version
-    assert service.get("3").version == "3"  # evicts the least recently used: 1
-    assert service.cached_versions() == ["2", "3"]
-    assert service.get("1").version == "1"  # still serving, so no reload
-    assert calls == ["1", "2", "3"]
-    service.get("2")
-    assert calls == ["1", "2", "3"]
+    # A third version evicts the least recently used one nobody holds: 2, not the
+    # serving 1, which the followed alias holds.
+    assert version("3") == "3"
+    assert service.cached_versions() == ["1", "3"]
+    assert version("1") == "1" and calls == ["1", "2", "3"]
+    assert version("2") == "2" and calls == ["1", "2", "3", "2"]
+    # A request holding a version keeps it open even when the cache moves on.
+    with service.use("3") as held:
+        version("2")
+        version("1")
+        assert not held.closed
+        np.testing.assert_array_equal(held.score(np.zeros((1, len(FEATURES)))).shape, (1,))
+    service.close()
 
 
 # -- models, health, metrics ----------------------------------------------------------
@@ -318,12 +330,13 @@ def test_alias_file_is_checked_at_most_every_interval(registry_dir):
     service = ModelService(
         ApiConfig(registry=registry_dir, model=MODEL, reload_interval=0.5, clock=clock)
     )
-    assert service.get().version == "1"
+    assert service.check().version == "1"
     Registry(registry_dir).promote(MODEL, "2", "production")
     clock.now += 0.4
-    assert service.get().version == "1"  # within the interval: no stat, old version
+    assert service.check().version == "1"  # within the interval: no stat, old version
     clock.now += 0.2
-    assert service.get().version == "2"
+    assert service.check().version == "2"
+    service.close()
 
 
 def test_failed_promotion_keeps_old_version_and_shows_in_health(registry_dir, session, estimators):

@@ -15,6 +15,7 @@ from conftest import free_port
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from models.backends.tfserving import TFServingConfig
 from models.registry import Registry
 from udf_agent.protocol import messages as pb
 from udf_agent.replay import build_payloads, run_replay
@@ -38,18 +39,20 @@ def registry(served, tmp_path) -> Registry:
     return reg
 
 
-def _agent(tmp_path, registry, **backend_options) -> AgentServer:
+def _agent(tmp_path, registry, **tfserving) -> AgentServer:
     cfg = AgentConfig(
         socket_path=tmp_path / "udf.sock",
         registry=registry.root,
         reload_interval=0.0,
-        backend_options={
-            "tfserving_transport": "grpc",
-            "tfserving_timeout": 0.3,
-            "tfserving_breaker_failures": 2,
-            "tfserving_breaker_cooldown": 60.0,
-            **backend_options,
-        },
+        tfserving=TFServingConfig(
+            **{
+                "transport": "grpc",
+                "timeout": 0.3,
+                "breaker_failures": 2,
+                "breaker_cooldown": 60.0,
+                **tfserving,
+            }
+        ),
     )
     return AgentServer(cfg, registry=registry).start()
 
@@ -88,8 +91,8 @@ def test_points_scored_through_tf_serving_equal_keras_predictions(
 ):
     bundle, peer = served
     srv = _agent(
-        tmp_path, registry, tfserving_target=peer.target, tfserving_rest_url=peer.rest_url,
-        tfserving_transport=transport,
+        tmp_path, registry, target=peer.target, rest_url=peer.rest_url,
+        transport=transport,
     )  # fmt: skip
     try:
         c = Client(srv.config.socket_path)
@@ -122,7 +125,7 @@ def test_points_scored_through_tf_serving_equal_keras_predictions(
 
 def test_stalled_server_points_fall_back_and_keepalives_stay_fast(served, registry, tmp_path):
     bundle, peer = served
-    srv = _agent(tmp_path, registry, tfserving_target=peer.target)
+    srv = _agent(tmp_path, registry, target=peer.target)
     fallback = registry.load_artifact(registry.card("creditcard"))
     try:
         c = Client(srv.config.socket_path)
@@ -163,7 +166,7 @@ def test_absent_server_without_fallback_passes_points_on_with_score_error(
     served, registry, tmp_path
 ):
     bundle, _ = served
-    srv = _agent(tmp_path, registry, tfserving_target=f"127.0.0.1:{free_port()}")
+    srv = _agent(tmp_path, registry, target=f"127.0.0.1:{free_port()}")
     try:
         c = Client(srv.config.socket_path)
         # Unreachable at start-up: the task still starts (breaker open).
@@ -189,7 +192,7 @@ def test_signature_mismatch_fails_the_task_init(served, registry, tmp_path):
     card = json.loads(card_path.read_text())
     card["serving"]["signature_name"] = "predict_v2"
     card_path.write_text(json.dumps(card))
-    srv = _agent(tmp_path, registry, tfserving_target=peer.target)
+    srv = _agent(tmp_path, registry, target=peer.target)
     try:
         c = Client(srv.config.socket_path)
         init = c.init({"model": bundle.name})
@@ -201,7 +204,7 @@ def test_signature_mismatch_fails_the_task_init(served, registry, tmp_path):
 
 def test_replay_driver_through_the_agent(served, registry, tmp_path):
     bundle, peer = served
-    srv = _agent(tmp_path, registry, tfserving_target=peer.target)
+    srv = _agent(tmp_path, registry, target=peer.target)
     try:
         rows = [
             {**dict(zip(bundle.feature_names, map(float, x), strict=True)), "txn_id": f"r{i}"}

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from conftest import free_port
 
-from models.backends import BackendError, load_backend
-from models.registry import ModelCard
-from udf_agent.backends.errors import BackendUnavailable, CircuitOpen, SignatureMismatch
-from udf_agent.backends.tfserving import (
+from models.backends import BackendError, load_backend, serving_factory
+from models.backends.tfserving import (
     CircuitBreaker,
     TFServingBackend,
     TFServingConfig,
 )
+from models.errors import BackendUnavailable, CircuitOpen, SignatureMismatch
+from models.registry import ModelCard
 
 pytestmark = pytest.mark.tf
 
@@ -32,10 +32,13 @@ def bundle_and_peer(tf_served):
     peer.reset()
 
 
-def _backend(bundle, peer, ref="production", **options):
+def _backend(bundle, peer, ref="production", **config):
+    """A TF Serving backend of ``ref`` built the way the agent builds it, with
+    ``TFServingConfig(**config)`` (target: the peer's)."""
     if peer is not None:
-        options.setdefault("tfserving_target", peer.target)
-    return load_backend(bundle.registry, bundle.name, ref, kind="tfserving", **options)
+        config.setdefault("target", peer.target)
+    factory = serving_factory(TFServingConfig(**config))
+    return load_backend(bundle.registry, bundle.name, ref, factory=factory)
 
 
 def _card_with(card: ModelCard, **serving_changes) -> ModelCard:
@@ -49,7 +52,7 @@ def _card_with(card: ModelCard, **serving_changes) -> ModelCard:
 @pytest.mark.parametrize("ref", ["1", "2", "production"])
 def test_grpc_scores_equal_keras_predictions(bundle_and_peer, ref):
     bundle, peer = bundle_and_peer
-    backend = _backend(bundle, peer, ref, unknown_agent_flag=True)
+    backend = _backend(bundle, peer, ref)
     try:
         scores = backend.score(bundle.X_test)
         version = bundle.registry.resolve(bundle.name, ref)
@@ -81,7 +84,9 @@ def test_version_label_pin(bundle_and_peer):
     data["serving"].pop("version")
     data["serving"]["version_label"] = "stable"
     backend = TFServingBackend.from_card(
-        bundle.registry, dataclasses.replace(card, data=data), tfserving_target=peer.target
+        bundle.registry,
+        dataclasses.replace(card, data=data),
+        config=TFServingConfig(target=peer.target),
     )
     try:
         np.testing.assert_allclose(
@@ -126,9 +131,7 @@ def test_batches_above_the_request_size_limit_are_split(bundle_and_peer):
 
 def test_rest_transport_scores_equal_keras_predictions(bundle_and_peer):
     bundle, peer = bundle_and_peer
-    backend = _backend(
-        bundle, peer, "1", tfserving_rest_url=peer.rest_url, tfserving_transport="rest"
-    )
+    backend = _backend(bundle, peer, "1", rest_url=peer.rest_url, transport="rest")
     try:
         before = peer.predict_requests
         np.testing.assert_allclose(
@@ -144,7 +147,7 @@ def test_bad_batch_shape_is_a_backend_error(bundle_and_peer):
     bundle, peer = bundle_and_peer
     backend = _backend(bundle, peer)
     try:
-        with pytest.raises(BackendError, match=r"expected a \(n, 30\) batch"):
+        with pytest.raises(BackendError, match=r"takes a \(n, 30\) batch"):
             backend.score(np.zeros((3, 29)))
         assert backend.score(np.zeros((0, 30))).shape == (0,)
     finally:
@@ -184,9 +187,7 @@ def test_signature_mismatch_fails_init_with_a_clear_message(
         TFServingBackend.from_card(
             bundle.registry,
             card,
-            tfserving_target=peer.target,
-            tfserving_rest_url=peer.rest_url,
-            tfserving_transport=transport,
+            config=TFServingConfig(target=peer.target, rest_url=peer.rest_url, transport=transport),
         )
     assert "does not match model card creditcard_tf v2" in str(info.value)
 
@@ -197,28 +198,32 @@ def test_input_width_differing_from_the_card_features_is_refused(bundle_and_peer
         bundle.cards["2"], inputs={"features": {"dtype": "DT_FLOAT", "shape": [-1, 29]}}
     )
     with pytest.raises(BackendError, match=r"shape \[-1, 29\] does not fit 30 features"):
-        TFServingBackend.from_card(bundle.registry, card, tfserving_target=peer.target)
+        TFServingBackend.from_card(
+            bundle.registry, card, config=TFServingConfig(target=peer.target)
+        )
 
 
 def test_unknown_version_fails_init(bundle_and_peer):
     bundle, peer = bundle_and_peer
     card = _card_with(bundle.cards["2"], version=7)
     with pytest.raises(BackendError, match=r"does not serve creditcard_tf v7.*NOT_FOUND"):
-        TFServingBackend.from_card(bundle.registry, card, tfserving_target=peer.target)
+        TFServingBackend.from_card(
+            bundle.registry, card, config=TFServingConfig(target=peer.target)
+        )
 
 
 def test_bad_transport_option_is_refused(bundle_and_peer):
     bundle, peer = bundle_and_peer
     with pytest.raises(BackendError, match="needs a REST URL"):
-        _backend(bundle, peer, tfserving_transport="rest")
+        _backend(bundle, peer, transport="rest")
     with pytest.raises(BackendError, match="'grpc' or 'rest'"):
-        _backend(bundle, peer, tfserving_transport="http2")
+        _backend(bundle, peer, transport="http2")
 
 
 # -- failures, retry and the breaker -----------------------------------------------
 def test_stalled_server_hits_the_deadline(bundle_and_peer):
     bundle, peer = bundle_and_peer
-    backend = _backend(bundle, peer, tfserving_timeout=0.2)
+    backend = _backend(bundle, peer, timeout=0.2)
     try:
         peer.stall = 5.0
         t0 = time.monotonic()
@@ -261,7 +266,7 @@ def test_breaker_opens_fails_fast_and_closes_after_a_probe(bundle_and_peer):
     import grpc
 
     bundle, peer = bundle_and_peer
-    backend = _backend(bundle, peer, tfserving_breaker_failures=3, tfserving_breaker_cooldown=0.3)
+    backend = _backend(bundle, peer, breaker_failures=3, breaker_cooldown=0.3)
     try:
         peer.fail_code = grpc.StatusCode.UNAVAILABLE
         for _ in range(3):
@@ -300,9 +305,9 @@ def test_unreachable_at_init_starts_open_and_checks_metadata_on_the_probe(bundle
     backend = _backend(
         bundle,
         None,
-        tfserving_target=f"127.0.0.1:{port}",
-        tfserving_timeout=0.5,
-        tfserving_breaker_cooldown=0.2,
+        target=f"127.0.0.1:{port}",
+        timeout=0.5,
+        breaker_cooldown=0.2,
     )
     try:
         stats = backend.stats()
@@ -327,9 +332,9 @@ def test_rest_deadline_and_unavailable(bundle_and_peer):
     backend = _backend(
         bundle,
         peer,
-        tfserving_rest_url=peer.rest_url,
-        tfserving_transport="rest",
-        tfserving_timeout=0.2,
+        rest_url=peer.rest_url,
+        transport="rest",
+        timeout=0.2,
     )
     try:
         peer.stall = 3.0
@@ -392,7 +397,7 @@ def test_breaker_lets_exactly_one_probe_through_under_contention():
 
 def test_unexpected_errors_still_settle_the_breaker(bundle_and_peer):
     bundle, peer = bundle_and_peer
-    backend = _backend(bundle, peer, tfserving_breaker_failures=1, tfserving_breaker_cooldown=0.0)
+    backend = _backend(bundle, peer, breaker_failures=1, breaker_cooldown=0.0)
     real_predict = backend.transport.predict
 
     def broken(*args, **kwargs):
@@ -422,7 +427,12 @@ def test_card_without_a_serving_section_is_refused(bundle_and_peer, tmp_path):
     reg = Registry(tmp_path / "reg")
     register_tiny(reg, "creditcard")
     with pytest.raises(BackendError, match="has no serving section"):
-        load_backend(reg, "creditcard", kind="tfserving", tfserving_target=peer.target)
+        load_backend(
+            reg,
+            "creditcard",
+            kind="tfserving",
+            factory=serving_factory(TFServingConfig(target=peer.target)),
+        )
 
 
 @pytest.mark.parametrize("status", [200, 503])
@@ -430,7 +440,7 @@ def test_rest_answers_that_are_json_but_not_an_object_are_backend_errors(status,
     # A proxy or a misconfigured URL in front of TF Serving may answer any JSON; the
     # transport must raise a backend error (counted, points passed on with score_error),
     # never an AttributeError from the scorer.
-    from udf_agent.backends.tfserving import RestTransport, ServingSpec
+    from models.backends.tfserving import RestTransport, ServingSpec
 
     port, handler = http_peer
     handler.routes["/v1/models/fraud:predict"] = (status, b'["not", "an", "object"]')

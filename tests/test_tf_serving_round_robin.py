@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from udf_agent.backends.tfserving import GrpcTransport, TFServingBackend, TFServingConfig
+from models.backends.tfserving import GrpcTransport, TFServingBackend, TFServingConfig
 
 pytestmark = pytest.mark.tf
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import require_module
 
-from udf_agent.backends import _tfs_messages as wire
+from models.backends.tfserving import messages as wire
 
 pytestmark = pytest.mark.tf
 
@@ -132,23 +132,23 @@ def test_committed_descriptor_is_up_to_date():
     # protoc runs in a child process: its bundled protobuf and TensorFlow's (loaded by
     # other tests in this process) must not share an address space.
     code = (
-        "from udf_agent.backends import _generate\n"
-        "from udf_agent.backends._tfs_descriptor import SERIALIZED_FILE_DESCRIPTOR_SET as S\n"
+        "from models.backends.tfserving import _generate\n"
+        "from models.backends.tfserving._descriptor import SERIALIZED_FILE_DESCRIPTOR_SET as S\n"
         "print(_generate.compile_descriptor() == S)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    assert out.stdout.strip() == "True", "run python udf_agent/backends/_generate.py"
+    assert out.stdout.strip() == "True", "run make proto"
 
 
 def test_importing_the_backend_does_not_import_tensorflow():
     code = (
         "import sys\n"
-        "from udf_agent.backends import ensure_tfserving_registered\n"
-        "ensure_tfserving_registered()\n"
-        "from models.backends import backend_kinds\n"
-        "assert {'tf', 'tfserving'} <= set(backend_kinds()), backend_kinds()\n"
+        "from models.backends import serving_factory\n"
+        "from models.backends.tfserving import TFServingConfig\n"
+        "factory = serving_factory(TFServingConfig())\n"
+        "assert {'sklearn', 'savedmodel', 'tfserving'} == set(factory.kinds()), factory\n"
         "print(sorted(m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.')))\n"
     )
     out = subprocess.run(

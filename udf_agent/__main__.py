@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     from threadpoolctl import threadpool_limits
 
+    from models.backends.tfserving import TFServingConfig
+    from models.errors import ModelsError
+
     from .errors import AgentError
     from .metrics import AgentMetrics
     from .server import AgentConfig, AgentServer
@@ -204,14 +207,14 @@ def main(argv: list[str] | None = None) -> int:
             write_timeout=args.write_timeout,
             init_timeout=args.init_timeout,
             shutdown_timeout=args.shutdown_timeout,
-            backend_options={
-                "tfserving_target": args.tfserving_target,
-                "tfserving_rest_url": args.tfserving_rest_url,
-                "tfserving_transport": args.tfserving_transport,
-                "tfserving_timeout": args.tfserving_timeout,
-            },
+            tfserving=TFServingConfig(
+                target=args.tfserving_target,
+                rest_url=args.tfserving_rest_url,
+                transport=args.tfserving_transport,
+                timeout=args.tfserving_timeout,
+            ),
         )
-    except AgentError as exc:
+    except (AgentError, ModelsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     metrics = AgentMetrics()

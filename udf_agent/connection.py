@@ -25,13 +25,15 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from models.provider import ModelProvider
+
 from .errors import MalformedFrame, OptionError, ProtocolError
 from .flow import InflightBudget, adaptive_limit
 from .metrics import AgentMetrics
 from .options import info_response, parse_init_options
 from .protocol import messages as pb
 from .protocol.codec import FrameDecoder, encode_frame, point_payload
-from .scoring import ModelStore, ScoringSession
+from .scoring import ScoringSession
 
 __all__ = ["Connection", "ConnectionConfig"]
 
@@ -103,19 +105,20 @@ class Connection:
         self,
         sock: socket.socket,
         *,
-        store: ModelStore,
+        provider: ModelProvider,
         metrics: AgentMetrics,
         config: ConnectionConfig,
         conn_id: int = 0,
         budget: InflightBudget | None = None,
     ) -> None:
         self.sock = sock
-        self.store = store
+        self.provider = provider
         self.metrics = metrics
         self.config = config
         self.id = conn_id
         self.budget = budget if budget is not None else InflightBudget(config.max_inflight)
         self.session: ScoringSession | None = None
+        self._sessions: list[ScoringSession] = []  # closed when the connection ends
         self.accepted_at = config.clock()
         self.task = ""  # task and node of the last successful init, for logs at stop
         self.node = ""
@@ -408,7 +411,7 @@ class Connection:
         try:
             options = parse_init_options(init.options)
             session = ScoringSession(
-                options, self.store, metrics=self.metrics, task=init.taskID, node=init.nodeID
+                options, self.provider, metrics=self.metrics, task=init.taskID, node=init.nodeID
             )
         except OptionError as exc:
             resp.init.success = False
@@ -420,6 +423,8 @@ class Connection:
         else:
             self._flush_all()  # a re-init must not mix old and new options in one batch
             self.session = session
+            # Units already queued keep the old session's models: it is closed at the end.
+            self._sessions.append(session)
             self.task, self.node = init.taskID, init.nodeID
             resp.init.success = True
             log.info(
@@ -614,6 +619,8 @@ class Connection:
             self._closing = True
             self._cond.notify()
         self._scorer.join()
+        for session in self._sessions:
+            session.close()
         if self._fatal is not None:
             resp = pb.Response()
             resp.error.error = self._fatal

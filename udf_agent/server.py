@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.backends import BackendFactory, serving_factory
+from models.backends.tfserving import TFServingConfig
+from models.provider import ModelProvider
 from models.registry import Registry
 
 from .connection import Connection, ConnectionConfig
@@ -22,7 +25,6 @@ from .flow import InflightBudget
 from .metrics import AgentMetrics
 from .protocol import messages as pb
 from .protocol.codec import encode_frame
-from .scoring import ModelStore
 
 __all__ = ["AgentConfig", "AgentServer"]
 
@@ -40,7 +42,13 @@ class AgentConfig:
     max_frame_bytes: int = 16 * 1024 * 1024
     max_backlog_age: float = 10.0
     reload_interval: float = 0.5
-    backend_options: dict = field(default_factory=dict)
+    #: a model version that failed to load is tried again after this long (or when its
+    #: alias moves)
+    retry_interval: float = 10.0
+    #: model versions kept loaded (those a task uses are never unloaded)
+    max_loaded: int = 8
+    #: how TF models reach TF Serving
+    tfserving: TFServingConfig = field(default_factory=TFServingConfig)
     #: points one connection may hold between reading and writing back (upper bound; the
     #: bound in force adapts to about ``drain_seconds`` of scoring)
     max_inflight: int = 4096
@@ -58,7 +66,13 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("max_inflight", "max_inflight_total", "max_connections", "max_frame_bytes"):
+        for name in (
+            "max_inflight",
+            "max_inflight_total",
+            "max_connections",
+            "max_frame_bytes",
+            "max_loaded",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
         for name in (
@@ -71,8 +85,8 @@ class AgentConfig:
             value = getattr(self, name)
             if not (value > 0 and value < float("inf")):
                 problems.append(f"{name} must be a positive number of seconds, got {value!r}")
-        if self.reload_interval < 0:
-            problems.append("reload_interval must not be negative")
+        if self.reload_interval < 0 or self.retry_interval < 0:
+            problems.append("reload_interval and retry_interval must not be negative")
         if problems:
             raise AgentError("invalid agent configuration: " + "; ".join(problems))
 
@@ -128,18 +142,20 @@ class AgentServer:
         *,
         registry: Registry | None = None,
         metrics: AgentMetrics | None = None,
-        store: ModelStore | None = None,
+        factory: BackendFactory | None = None,
+        provider: ModelProvider | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or AgentMetrics()
         self.registry = registry or Registry(config.registry)
-        self.store = store or ModelStore(
+        self.provider = provider or ModelProvider(
             self.registry,
-            backend_options=config.backend_options,
+            factory if factory is not None else serving_factory(config.tfserving),
             reload_interval=config.reload_interval,
-            metrics=self.metrics,
+            retry_interval=config.retry_interval,
+            max_loaded=config.max_loaded,
         )
-        self.metrics.watch_backends(self.store.loaded)
+        self.metrics.watch_backends(self.provider.loaded)
         self.budget = InflightBudget(config.max_inflight_total)
         self.metrics.inflight.set_function(lambda: self.budget.total)
         self._listeners: list[_Listener] = []
@@ -199,7 +215,7 @@ class AgentServer:
             cid = next(self._ids)
             conn = Connection(
                 sock,
-                store=self.store,
+                provider=self.provider,
                 metrics=self.metrics,
                 config=conn_cfg,
                 conn_id=cid,
@@ -324,7 +340,7 @@ class AgentServer:
         for lst in self._listeners:
             with contextlib.suppress(FileNotFoundError):
                 lst.path.unlink()
-        self.store.close()
+        self.provider.close()
         log.info("stopped in %.2fs; flushed %d connection(s)", time.monotonic() - start, len(conns))
 
     def __enter__(self) -> AgentServer:

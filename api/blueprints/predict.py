@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 from flask import Response, request
 from flask_smorest import Blueprint
 
 from models.contract import IS_ANOMALY, MODEL_TAG, MODEL_VERSION_TAG, SCORE, THRESHOLD, TXN_ID
+from models.errors import BackendError
 
 from .._state import get_state
 from ..errors import ScoringFailed, UnsupportedMediaType
@@ -72,23 +72,32 @@ def predict(version: str | None = None) -> Response:
             f"Content-Type must be application/json, got {request.mimetype or 'none'!r}"
         )
     payload = parse_json(request.get_data(cache=False))
-    backend = state.service.get(version)
-    batch = validate_records(payload, backend.feature_names, max_batch=state.config.max_batch)
-    try:
-        scores = np.asarray(backend.score(batch.X), dtype=np.float64).reshape(-1)
-    except Exception as exc:
-        log.exception(
-            "event=scoring_failed model=%s version=%s rows=%d",
-            backend.name,
-            backend.version,
-            len(batch.X),
-        )
-        raise ScoringFailed(f"{backend.name} v{backend.version} failed to score: {exc}") from exc
-    if scores.shape[0] != batch.X.shape[0] or not np.isfinite(scores).all():
-        raise ScoringFailed(
-            f"{backend.name} v{backend.version} returned {scores.shape[0]} scores "
-            f"for {batch.X.shape[0]} records, or non-finite scores"
-        )
+    with state.service.use(version) as backend:
+        batch = validate_records(payload, backend.feature_names, max_batch=state.config.max_batch)
+        try:
+            scores = backend.score(batch.X)
+        except BackendError as exc:
+            log.error(
+                "event=scoring_failed model=%s version=%s rows=%d error_type=%s error=%r",
+                backend.name,
+                backend.version,
+                len(batch.X),
+                type(exc).__name__,
+                str(exc),
+            )
+            raise ScoringFailed(
+                f"{backend.name} v{backend.version} failed to score: {exc}"
+            ) from exc
+        except Exception as exc:  # a bug in a model: still an answer, with its reason logged
+            log.exception(
+                "event=scoring_failed model=%s version=%s rows=%d",
+                backend.name,
+                backend.version,
+                len(batch.X),
+            )
+            raise ScoringFailed(
+                f"{backend.name} v{backend.version} failed to score: {exc}"
+            ) from exc
     threshold = float(backend.threshold)
     name, ver = backend.name, backend.version
     predictions = []

@@ -6,8 +6,9 @@ Classes live in a private descriptor pool so that another copy of Kapacitor's
 
 from __future__ import annotations
 
+from models.proto import message_class, private_pool
+
 from ._descriptor import SERIALIZED_FILE_DESCRIPTOR_SET
-from .descriptors import message_class, private_pool
 
 __all__ = [
     "BATCH",

@@ -6,9 +6,9 @@ modules can be imported in the same process without a duplicate-symbol clash.
 
 from __future__ import annotations
 
-from udf_agent.protocol.descriptors import message_class, private_pool
+from models.proto import message_class, private_pool
 
-from ._tfs_descriptor import SERIALIZED_FILE_DESCRIPTOR_SET
+from ._descriptor import SERIALIZED_FILE_DESCRIPTOR_SET
 
 __all__ = [
     "DT_DOUBLE",

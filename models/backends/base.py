@@ -1,0 +1,111 @@
+"""The scoring-backend contract every model kind implements.
+
+A backend is built from a model card, names its ordered input features and turns a 2-D
+float batch (rows in card feature order) into one positive-class probability per row.
+:meth:`ScoringBackend.score` enforces the contract around the subclass's :meth:`_score`,
+so no caller checks it again:
+
+- input: a 2-D float array with the card's number of columns (``InvalidInput``);
+- output: shape ``(n,)``, every value finite and within [0, 1] (``InvalidScores``, which
+  carries the scores and the indexes of the bad rows so a caller may keep the others);
+- an empty batch returns an empty array without calling the model;
+- ``close()`` may be called any number of times; a closed backend refuses to score.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from ..card import ModelCard
+from ..errors import BackendError, InvalidInput, InvalidScores
+
+__all__ = ["ScoringBackend"]
+
+
+class ScoringBackend(abc.ABC):
+    """Load from a card, name features, score a batch."""
+
+    #: short name used in logs and metrics
+    kind: str = "abstract"
+
+    def __init__(self, card: ModelCard) -> None:
+        self.card = card
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.card.features
+
+    @property
+    def threshold(self) -> float:
+        return self.card.threshold
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def score(self, X: Any) -> np.ndarray:
+        """Positive-class probability for each row of ``X`` (shape ``(n, n_features)``,
+        columns in card order), as float64 of shape ``(n,)``."""
+        if self._closed:
+            raise BackendError(f"{self!r} is closed")
+        width = len(self.card.features)
+        try:
+            X = np.asarray(X, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"{self!r}: the batch is not a float array: {exc}") from None
+        if X.ndim != 2 or X.shape[1] != width:
+            raise InvalidInput(
+                f"{self!r} takes a (n, {width}) batch in card feature order, got shape "
+                f"{list(X.shape)}"
+            )
+        n = X.shape[0]
+        if n == 0:
+            return np.empty(0, dtype=np.float64)
+        return self._check_scores(self._score(X), n)
+
+    def _check_scores(self, raw: Any, n: int) -> np.ndarray:
+        try:
+            scores = np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InvalidScores(f"{self!r} returned scores that are not numbers: {exc}") from None
+        if scores.shape != (n,):
+            raise InvalidScores(
+                f"{self!r} returned scores of shape {list(scores.shape)} for {n} rows"
+            )
+        bad = np.flatnonzero(~((scores >= 0.0) & (scores <= 1.0)))  # NaN compares false
+        if bad.size:
+            raise InvalidScores(
+                f"{self!r} returned {bad.size} score(s) that are not probabilities "
+                f"(first: {scores[bad[0]]!r} at row {int(bad[0])})",
+                scores=scores,
+                bad=bad,
+            )
+        return scores
+
+    @abc.abstractmethod
+    def _score(self, X: np.ndarray) -> Any:
+        """Scores of a checked, non-empty ``(n, n_features)`` float64 batch."""
+
+    def close(self) -> None:
+        """Release connections or memory; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:
+        """What ``close()`` releases (once); the default holds nothing."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name} v{self.version})"
