@@ -150,6 +150,8 @@ def test_sigterm_flushes_buffered_points_and_removes_the_socket(tmp_path, setup)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "signal SIGTERM received" in out
+    # the operator sees which Kapacitor tasks lose their UDF (task/node from init)
+    assert "stopping with 1 connection(s), tasks connected: t/score1" in out
     assert not sock.exists()
 
 

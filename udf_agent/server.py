@@ -191,6 +191,13 @@ class AgentServer:
         with self._lock:
             conns = list(self._connections.values())
             threads = list(self._threads)
+        # Kapacitor stops these tasks when it next writes to them; say which, for the operator
+        # (python -m udf_agent.supervise re-enables them once a new agent listens).
+        log.info(
+            "stopping with %d connection(s), tasks connected: %s",
+            len(conns),
+            " ".join(f"{c.session.task}/{c.session.node}" for c in conns if c.session) or "none",
+        )
         for c in conns:
             c.shutdown()
         for t in threads:
