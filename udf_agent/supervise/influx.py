@@ -11,11 +11,18 @@ import requests
 
 from .errors import InfluxError
 
-__all__ = ["EVENTS_MEASUREMENT", "InfluxClient", "line"]
+__all__ = ["EVENTS_MEASUREMENT", "EVENT_FIELDS", "EVENT_TAGS", "InfluxClient", "line"]
 
 log = logging.getLogger("udf_agent.supervise.influx")
 
 EVENTS_MEASUREMENT = "udf_events"
+#: tags of a udf_events point: the Kapacitor task, and what happened to it
+#: (failed, reenabled, backfilled, backfill_skipped, backfill_failed)
+EVENT_TAGS = ("task", "event")
+#: its fields: text (the annotation), error (the task's last error), gap_start_ns and
+#: gap_end_ns (the unscored stretch), end_ms (the same end in ms, a region's end for
+#: Grafana), points (newly scored by a backfill), unscored (left without a score)
+EVENT_FIELDS = ("text", "error", "gap_start_ns", "gap_end_ns", "end_ms", "points", "unscored")
 
 
 def _ident(name: str) -> str:
