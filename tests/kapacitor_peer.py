@@ -652,6 +652,9 @@ class KapacitorPeer:
         #: (task, point time) of every point a batch UDF was sent
         self.batch_points: list[tuple[str, int]] = []
         self.write_errors: list[str] = []
+        self.down = False
+        #: keep scored points buffered (as influxDBOut's 10 s flush interval does)
+        self.hold_writes = False
         self.lock = threading.RLock()
         self._infos: dict[str, Any] = {}
         self._writes: list[tuple[str, str, str]] = []  # (db, rp, line)
@@ -739,6 +742,8 @@ class KapacitorPeer:
         points = [parse_line(x) for x in lines]
         for p in points:
             p.database, p.retention_policy = db, rp
+        if self.down:
+            return  # the subscription's delivery fails
         with self.lock:
             runners = [
                 t.runner for t in self.tasks.values() if t.runner is not None and t.type == "stream"
@@ -747,6 +752,29 @@ class KapacitorPeer:
             for p in points:
                 if _dbrp_matches(r.task, p):
                     r.feed(p)
+
+    def go_down(self) -> None:
+        """Kapacitor stops: its API refuses connections, its tasks stop, and the points
+        InfluxDB receives meanwhile never reach it."""
+        with self.lock:
+            self.down = True
+            runners = [t.runner for t in self.tasks.values() if t.runner is not None]
+        for r in runners:
+            r.stop()
+        with self.lock:
+            for t in self.tasks.values():
+                t.runner = None
+
+    def come_back(self) -> None:
+        """Kapacitor starts again and starts every enabled task (``last-enabled`` is not
+        changed by a start-up, only by an API update)."""
+        with self.lock:
+            self.down = False
+            tasks = [t for t in self.tasks.values() if t.status == "enabled" and t.type == "stream"]
+        for task in tasks:
+            runner = StreamRunner(self, task, Program(task.script, task.vars))
+            with self.lock:
+                task.runner = runner
 
     def inject(self, method: str, path: str, status: int, error: str, times: int = 1) -> None:
         """Answer the next ``times`` matching requests with an error."""
@@ -773,7 +801,8 @@ class KapacitorPeer:
                 break
             time.sleep(0.01)
         time.sleep(0.1)
-        self.flush()
+        if not self.hold_writes:
+            self.flush()
 
     # -- execution -------------------------------------------------------------------------------
     def downstream(self, node: Node | None, p: PeerPoint, task_id: str) -> None:
@@ -803,7 +832,8 @@ class KapacitorPeer:
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_interval):
-            self.flush()
+            if not self.hold_writes:
+                self.flush()
 
     def flush(self) -> None:
         with self._writes_lock:
@@ -814,12 +844,18 @@ class KapacitorPeer:
         for db, rp, text in writes:
             by_target.setdefault((db, rp), []).append(text)
         for (db, rp), lines in by_target.items():
-            r = self._session.post(
-                self.influx_url + "/write",
-                params={"db": db, "rp": rp, "precision": "ns"},
-                data="\n".join(lines).encode(),
-                timeout=30,
-            )
+            try:
+                r = self._session.post(
+                    self.influx_url + "/write",
+                    params={"db": db, "rp": rp, "precision": "ns"},
+                    data="\n".join(lines).encode(),
+                    timeout=30,
+                )
+            except requests.RequestException as exc:
+                # influxDBOut logs the failed write and drops the points (no retry)
+                self.write_errors.append(str(exc))
+                log.error("failed to write points to InfluxDB: %s", exc)
+                continue
             if r.status_code != 204:
                 # Kapacitor's influxDBOut logs "failed to write points to InfluxDB" and goes on
                 self.write_errors.append(r.text)
@@ -1107,6 +1143,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         peer = self.peer
+        if peer.down:
+            self.close_connection = True  # as a refused connection looks to a client
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         url = urlsplit(self.path)
         path = unquote(url.path)
         params = parse_qs(url.query)

@@ -10,6 +10,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -385,6 +386,38 @@ def test_probes_back_off_while_the_socket_refuses(rig):
     assert rig.patches() == []
 
 
+def test_a_new_socket_file_is_probed_at_once_not_at_the_end_of_the_backoff(rig, tmp_path):
+    clock = [1000.0]
+    probes: list[float] = []
+    sock = tmp_path / "new-agent.sock"
+
+    def probe(path, timeout):
+        probes.append(clock[0])
+        return None if path.exists() else "No such file or directory"
+
+    rig.fail_task()
+    rig.start_agent()  # the task's own agent is back; the supervisor watches `sock`
+    sup = Supervisor(
+        SupervisorConfig(sockets={"score": sock}, backfill=False),
+        KapacitorClient(rig.peer.url),
+        monotonic=lambda: clock[0],
+        probe=probe,
+        rng=random.Random(2),
+    )
+    for _ in range(80):  # 8 s: the back-off has grown to seconds
+        sup.poll_once()
+        clock[0] += 0.1
+    assert rig.patches() == [] and len(probes) <= 8
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    try:
+        sup.poll_once()  # the very next poll probes the new file and re-enables
+        assert probes[-1] == clock[0]
+        assert rig.patches()[-1] == (f"/kapacitor/v1/tasks/{TASK}", "enabled")
+    finally:
+        listener.close()
+
+
 def test_the_running_supervisor_never_spins(rig):
     rig.fail_task()
     calls = []
@@ -530,11 +563,16 @@ def test_backfill_covers_exactly_the_gap_and_is_idempotent(influx_rig):
     # twice: the same points, same timestamps and tags; nothing new, nothing doubled
     rig.peer.batch_points.clear()
     sup.add_gap(Gap(gap.task_id, gap.start_ns, gap.end_ns))
-    assert sup.backfill_once(sup.pending_gaps()[0])
+    assert sup.backfill_once(sup.pending_gaps()[0], force=True)
     assert sorted(t for _, t in rig.peer.batch_points) == sorted(gap_times)
     again = _scored(influx)
     assert again == scored
     assert sup.metrics.backfill_points.labels(TASK)._value.get() == 30
+    # unforced, a gap without unscored points is not even replayed
+    rig.peer.batch_points.clear()
+    assert sup.backfill_once(Gap(gap.task_id, gap.start_ns, gap.end_ns))
+    assert rig.peer.batch_points == []
+    assert sup.metrics.backfills.labels(TASK, "nothing")._value.get() == 1
 
     # the backfill task and its replay are gone from Kapacitor
     assert not [t for t in rig.peer.tasks if t.startswith(BACKFILL_PREFIX)]
@@ -580,6 +618,73 @@ def test_a_task_reenabled_by_someone_else_is_still_backfilled(influx_rig):
     wait_for(lambda: rig.task.runner.conn, what="the UDF connection")
     _run_gap(sup)
     assert sup.metrics.backfill_points.labels(TASK)._value.get() == 6
+
+
+def test_points_written_while_kapacitor_was_down_are_backfilled(influx_rig):
+    rig, influx = influx_rig, influx_rig.influx
+    sup = rig.supervisor()
+    rig.publish(10)
+    rig.peer.wait_idle()
+    sup.poll_once()
+    rig.peer.go_down()  # a Kapacitor restart: nothing failed, the points just never came
+    assert sup.poll_once() >= sup.config.poll_interval
+    missed = rig.publish(15)
+    rig.peer.come_back()
+    wait_for(lambda: rig.task.runner.conn, what="the task to start again")
+    rig.publish(5)
+    rig.peer.wait_idle()
+    sup.poll_once()
+    (gap,) = sup.pending_gaps()
+    assert gap.note == "Kapacitor was unreachable" and gap.start_ns < min(missed)
+    _run_gap(sup)
+    # the window around the outage is replayed whole (idempotent): the missed points in it
+    assert set(missed) <= {t for _, t in rig.peer.batch_points}
+    assert len(_scored(influx)) == 30 and rig.peer.write_errors == []
+
+
+def test_scores_lost_while_influxdb_was_down_are_written_again(influx_rig):
+    rig, influx = influx_rig, influx_rig.influx
+    sup = rig.supervisor()
+    rig.peer.hold_writes = True  # Kapacitor's influxDBOut buffers before it writes
+    rig.publish(10)
+    rig.peer.wait_idle()
+    sup.poll_once()
+    influx.stop()
+    sup.poll_once()  # InfluxDB does not answer
+    rig.peer.flush()  # the buffered scores are refused and dropped
+    assert rig.peer.write_errors
+    influx.start()
+    rig.peer.hold_writes = False
+    sup.poll_once()
+    (gap,) = sup.pending_gaps()
+    assert gap.note == "InfluxDB was unreachable"
+    _run_gap(sup)
+    assert len(_scored(influx)) == 10
+    assert sup.metrics.backfill_points.labels(TASK)._value.get() == 10
+
+
+def test_an_operator_can_backfill_any_range_from_the_command_line(influx_rig):
+    rig, influx = influx_rig, influx_rig.influx
+    rig.fail_task()  # no supervisor ran: the task is down and its points unscored
+    missed = rig.publish(12)
+    rig.start_agent()
+    client = KapacitorClient(rig.peer.url)
+    client.set_status(TASK, "disabled")
+    client.set_status(TASK, "enabled")
+    wait_for(lambda: rig.task.runner.conn, what="the task to start again")
+    start, stop = format_time(min(missed) - 10**6), str(max(missed) + 1)
+    r = subprocess.run(
+        [sys.executable, "-m", "udf_agent.supervise", "--kapacitor-url", rig.peer.url,
+         "--influx-url", influx.url, "--socket", str(rig.sock), "--batch-socket",
+         str(rig.batch_sock), "--backfill-task", TASK, "--backfill-from", start,
+         "--backfill-to", stop],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "12 point(s) newly scored" in r.stderr
+    assert {t for t in missed} <= set(_scored(influx))
+    events = influx.rows("SELECT * FROM udf_events", db="fraud")
+    assert [e["points"] for e in events if e["event"] == "backfilled"] == [12]
 
 
 def test_gap_start_is_just_after_the_last_point_the_model_scored(influxdb):

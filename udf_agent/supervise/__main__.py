@@ -163,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="backfill at most this many seconds before the re-enable (default one day)",
     )
     p.add_argument(
+        "--backfill-task",
+        metavar="TASK",
+        help="run one backfill of TASK over --backfill-from .. --backfill-to and exit "
+        "(e.g. after InfluxDB refused Kapacitor's writes for a while)",
+    )
+    p.add_argument("--backfill-from", metavar="TIME", help="RFC 3339 time or ns since the epoch")
+    p.add_argument("--backfill-to", metavar="TIME", help="RFC 3339 time or ns since the epoch")
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=_env("METRICS_PORT", "0"),
@@ -187,7 +195,28 @@ def _check(args: argparse.Namespace) -> str | None:
             return f"--{name.replace('_', '-')} must not be negative"
     if not 0 <= args.metrics_port <= 65535:
         return "--metrics-port must be a port number"
+    if args.backfill_task:
+        if not args.influx_url:
+            return "--backfill-task needs --influx-url"
+        for flag in ("backfill_from", "backfill_to"):
+            if _time(getattr(args, flag)) is None:
+                return f"--{flag.replace('_', '-')} must be an RFC 3339 time or ns since the epoch"
+        if _time(args.backfill_from) >= _time(args.backfill_to):
+            return "--backfill-from must be before --backfill-to"
     return None
+
+
+def _time(text: str | None) -> int | None:
+    from .kapacitor import parse_time
+
+    if not text:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        return parse_time(text)
+    except ValueError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    if args.backfill_task:
+        return _backfill_once(args, supervisor, stop)
     log.info(
         "supervising kapacitor=%s influx=%s %r",
         mask_url(args.kapacitor_url),
@@ -277,6 +308,26 @@ def main(argv: list[str] | None = None) -> int:
     if influx is not None:
         influx.close()
     return 0
+
+
+def _backfill_once(args: argparse.Namespace, supervisor, stop: threading.Event) -> int:
+    from .supervisor import Gap
+
+    gap = Gap(args.backfill_task, _time(args.backfill_from), _time(args.backfill_to), note="asked")
+    result: list[bool] = []
+    worker = threading.Thread(
+        target=lambda: result.append(supervisor.backfill_once(gap, force=True)),
+        name="supervise-backfill",
+        daemon=True,
+    )
+    worker.start()
+    while worker.is_alive() and not stop.wait(0.5):
+        pass
+    if stop.is_set():
+        supervisor.stop(timeout=4.0)
+    worker.join(4.0)
+    supervisor.flush_events()
+    return 0 if result and result[0] else 1
 
 
 if __name__ == "__main__":

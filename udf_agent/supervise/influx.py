@@ -80,6 +80,14 @@ class InfluxClient:
     def close(self) -> None:
         self.session.close()
 
+    def ping(self) -> None:
+        try:
+            r = self.session.get(self.url + "/ping", timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise InfluxError(f"ping {self.url}: {exc}") from exc
+        if r.status_code != 204:
+            raise InfluxError(f"ping {self.url}: HTTP {r.status_code}")
+
     def query(self, q: str, *, db: str) -> list[dict[str, Any]]:
         """Run InfluxQL (one or more statements); the ``results`` list."""
         try:

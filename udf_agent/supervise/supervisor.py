@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import socket
 import threading
@@ -35,6 +36,7 @@ from .errors import (
     BackfillError,
     InfluxError,
     KapacitorError,
+    KapacitorUnavailable,
     ScriptError,
     SupervisorError,
 )
@@ -57,6 +59,11 @@ log = logging.getLogger("udf_agent.supervise")
 #: id prefix of the temporary batch tasks (and their replays) that backfill a gap
 BACKFILL_PREFIX = "udf_supervisor_backfill"
 NS = 1_000_000_000
+#: after a Kapacitor outage, look this far before the last good poll for unscored points
+OUTAGE_MARGIN = 5.0
+#: after an InfluxDB outage: Kapacitor's influxDBOut holds up to 10 s of points (its
+#: default flush interval) and drops them when the write fails
+INFLUX_OUTAGE_MARGIN = 15.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,8 +208,14 @@ class Supervisor:
         self._failing: dict[str, _Failing] = {}
         self._disabled_by_us: set[str] = set()
         self._sockets: dict[Path, tuple[int, float]] = {}  # path -> (failures, next probe)
+        #: identity of each socket file when its last probe failed (None: no file)
+        self._socket_files: dict[Path, tuple[int, int] | None] = {}
         self._probed: dict[Path, bool] = {}  # sockets that answered in this pass
         self._kapacitor_failures = 0
+        self._last_ok_poll_ns: int | None = None  # wall clock of the last task list read
+        self._outage_since_ns: int | None = None  # Kapacitor unreachable since
+        self._influx_ok_ns: int | None = None  # last time InfluxDB answered a ping
+        self._influx_down_since: int | None = None
         self._unreadable: set[str] = set()
         self._gaps: dict[str, Gap] = {}
         self._gaps_lock = threading.Condition()
@@ -266,6 +279,8 @@ class Supervisor:
             tasks = list(self.kapacitor.tasks())
         except KapacitorError as exc:
             self._kapacitor_failures += 1
+            if self._kapacitor_failures == 1 and isinstance(exc, KapacitorUnavailable):
+                self._outage_since_ns = self._last_ok_poll_ns
             self.metrics.polls.labels("error").inc()
             self.metrics.errors.labels("kapacitor").inc()
             delay = max(cfg.poll_interval, self.backoff.delay(self._kapacitor_failures))
@@ -280,6 +295,9 @@ class Supervisor:
         if self._kapacitor_failures:
             log.info("Kapacitor answers again after %d failure(s)", self._kapacitor_failures)
         self._kapacitor_failures = 0
+        outage_since, self._outage_since_ns = self._outage_since_ns, None
+        self._last_ok_poll_ns = int(self.clock() * NS)
+        influx_outage = self._check_influx()
         self.metrics.polls.labels("ok").inc()
         self.metrics.last_poll.set(self.clock())
 
@@ -295,6 +313,10 @@ class Supervisor:
             seen.add(task_id)
             state = self._observe(task, udf)
             counts[state] += 1
+            if state == "executing" and outage_since is not None:
+                self._after_outage(task_id, outage_since - int(OUTAGE_MARGIN * NS), "Kapacitor")
+            if state == "executing" and influx_outage is not None:
+                self._after_outage(task_id, influx_outage, "InfluxDB")
         for task_id in list(self._failing):
             if task_id not in seen:
                 log.info("task=%s no longer exists; forgotten", task_id)
@@ -309,7 +331,7 @@ class Supervisor:
         for failing in list(self._failing.values()):
             if self._stop.is_set():
                 break
-            if failing.next_try <= now:
+            if failing.next_try <= now or self._socket_replaced(failing.udf):
                 self._try_reenable(failing)
             wait = min(wait, max(0.0, failing.next_try - self.monotonic()))
         return max(wait, 0.01)
@@ -378,6 +400,25 @@ class Supervisor:
         return "failed"
 
     # -- re-enabling -----------------------------------------------------------------------
+    def _socket_identity(self, path: Path) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_ctime_ns)
+
+    def _socket_replaced(self, udf: str) -> bool:
+        """A new socket file where the last probe failed: a new agent is listening, probe
+        it now rather than at the end of the back-off (a stat per poll, no connection)."""
+        path = self.config.sockets.get(udf)
+        if path is None or path not in self._socket_files:
+            return False
+        now = self._socket_identity(path)
+        if now is not None and now != self._socket_files[path]:
+            self._sockets[path] = (self._sockets.get(path, (0, 0.0))[0], 0.0)
+            return True
+        return False
+
     def _socket_ready(self, failing: _Failing) -> bool:
         path = self.config.sockets.get(failing.udf)
         if path is None:
@@ -395,11 +436,13 @@ class Supervisor:
             if failures:
                 log.info("socket %s answers again after %d failed probe(s)", path, failures)
             self._sockets[path] = (0, 0.0)
+            self._socket_files.pop(path, None)
             self._probed[path] = True
             return True
         failures += 1
         delay = self.backoff.delay(failures)
         self._sockets[path] = (failures, now + delay)
+        self._socket_files[path] = self._socket_identity(path)
         failing.next_try = now + delay
         self.metrics.probes.labels(str(path), "refused").inc()
         if failures == 1 or failures % 20 == 0:
@@ -501,6 +544,37 @@ class Supervisor:
             since_ns=since,
         )
         return newest + 1 if newest is not None else since
+
+    def _check_influx(self) -> int | None:
+        """Ping InfluxDB; when it answers again after failing, where its outage's gap
+        starts (else None)."""
+        if self.influx is None or not self.config.backfill:
+            return None
+        now = int(self.clock() * NS)
+        try:
+            self.influx.ping()
+        except InfluxError as exc:
+            if self._influx_down_since is None and self._influx_ok_ns is not None:
+                self._influx_down_since = self._influx_ok_ns
+                log.warning("InfluxDB does not answer: %s", exc)
+            self.metrics.errors.labels("influxdb").inc()
+            return None
+        self._influx_ok_ns = now
+        since, self._influx_down_since = self._influx_down_since, None
+        if since is None:
+            return None
+        log.info("InfluxDB answers again; scored points written meanwhile are checked")
+        return since - int(INFLUX_OUTAGE_MARGIN * NS)
+
+    def _after_outage(self, task_id: str, start_ns: int, what: str) -> None:
+        """Kapacitor or InfluxDB did not answer for a while: points may have missed the
+        task (Kapacitor restarted) or its scores the database (writes refused). The
+        stretch is queued as a gap; the backfill counts it first and replays only when
+        points in it lack a score."""
+        if self.influx is None or not self.config.backfill:
+            return
+        end = int(self.clock() * NS) + int(self.config.backfill_overlap * NS)
+        self.add_gap(Gap(task_id, start_ns, end, note=f"{what} was unreachable"))
 
     def _schedule_gap(self, failing: _Failing, end_ns: int, *, note: str) -> None:
         start = failing.gap_start_ns
@@ -627,9 +701,10 @@ class Supervisor:
             wait = min(wait, max(0.01, ready_at - now))
         return best, wait
 
-    def backfill_once(self, gap: Gap) -> bool:
+    def backfill_once(self, gap: Gap, *, force: bool = False) -> bool:
         """Score the gap's points through the batch UDF (see :func:`backfill_script`) and
-        check the result; True when done (or skipped for good)."""
+        check the result; True when done (or skipped for good). Unless ``force``, a gap
+        whose points all have a score already is not replayed."""
         started = self.monotonic()
         task_id = gap.task_id
         try:
@@ -650,9 +725,20 @@ class Supervisor:
                 if problem is not None:
                     raise BackfillError(f"batch socket {path} does not answer: {problem}")
             scored_before = self._count_scored(info, gap)
+            total = self._count_input(info, gap)
+            if not force and total is not None and scored_before >= total:
+                self._finish_gap(gap)  # every point has its score: nothing to replay
+                log.info(
+                    "task=%s: no unscored point in [%s, %s) (%s)",
+                    task_id,
+                    format_time(gap.start_ns),
+                    format_time(gap.end_ns),
+                    gap.note or "gap",
+                )
+                self.metrics.backfills.labels(task_id, "nothing").inc()
+                return True
             self._run_replay(task, info, batch_udf, gap)
             scored_after = self._count_scored(info, gap)
-            total = self._count_input(info, gap)
         except (SupervisorError, KapacitorError) as exc:
             self._gap_failed(gap, str(exc))
             return False
@@ -801,6 +887,7 @@ class Supervisor:
         with self._gaps_lock:
             current = self._gaps.get(gap.task_id)
             if current is None:
+                log.warning("task=%s: backfill failed: %s", gap.task_id, why)
                 return
             current.attempts += 1
             if current.attempts >= self.config.backfill_attempts:
