@@ -59,6 +59,8 @@ log = logging.getLogger("udf_agent.supervise")
 #: id prefix of the temporary batch tasks (and their replays) that backfill a gap
 BACKFILL_PREFIX = "udf_supervisor_backfill"
 NS = 1_000_000_000
+#: shortest pause between two polls: the loop never spins
+MIN_WAIT = 0.05
 #: after a Kapacitor outage, look this far before the last good poll for unscored points
 OUTAGE_MARGIN = 5.0
 #: after an InfluxDB outage: Kapacitor's influxDBOut holds up to 10 s of points (its
@@ -270,7 +272,7 @@ class Supervisor:
                 log.exception("poll failed")
                 self.metrics.errors.labels("internal").inc()
                 wait = self.config.poll_interval
-            self._stop.wait(max(0.01, wait))
+            self._stop.wait(max(MIN_WAIT, wait))
 
     def poll_once(self) -> float:
         """One pass over the task list; returns how long to wait before the next."""
@@ -334,7 +336,7 @@ class Supervisor:
             if failing.next_try <= now or self._socket_replaced(failing.udf):
                 self._try_reenable(failing)
             wait = min(wait, max(0.0, failing.next_try - self.monotonic()))
-        return max(wait, 0.01)
+        return max(wait, MIN_WAIT)
 
     def _watched_udf(self, task: Mapping[str, Any]) -> str | None:
         task_id = str(task.get("id"))
@@ -444,6 +446,7 @@ class Supervisor:
         self._sockets[path] = (failures, now + delay)
         self._socket_files[path] = self._socket_identity(path)
         failing.next_try = now + delay
+        failing.socket_ok_at = None
         self.metrics.probes.labels(str(path), "refused").inc()
         if failures == 1 or failures % 20 == 0:
             log.info(
@@ -468,6 +471,7 @@ class Supervisor:
             if current.get("executing") or (
                 status == "disabled" and task_id not in self._disabled_by_us
             ):
+                failing.next_try = self.monotonic() + self.config.poll_interval
                 return  # the next poll sees what changed
             if status == "enabled":
                 # enabled -> enabled starts nothing: only a status change does
