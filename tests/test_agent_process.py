@@ -123,8 +123,8 @@ def test_sigterm_flushes_buffered_points_and_removes_the_socket(tmp_path, setup)
     assert all("score" in p.fieldsDouble for p in pts)
     out = agent.output()
     assert "signal SIGTERM received" in out
-    # the operator learns which tasks will need re-enabling
-    assert "these tasks will stop executing until re-enabled: t" in out
+    # the operator learns which tasks (task/node from init) will need re-enabling
+    assert "these tasks will stop executing until re-enabled: t/score1" in out
     assert not agent.socket.exists()
 
 

@@ -35,7 +35,7 @@ ONE_SHOT = {"model-bootstrap", "kibana-import", "elasticsearch-setup", "influxdb
 EXPECTED_SERVICES = {
     "influxdb", "kapacitor", "chronograf", "udf-agent", "publisher", "tfserving",
     "elasticsearch", "kibana", "grafana", "jupyter", "api", "alert-sink", "prometheus",
-    "model-bootstrap", "kibana-import",
+    "model-bootstrap", "kibana-import", "udf-supervisor",
 }  # fmt: skip
 PUBLISHED = {
     "influxdb": {8086},
@@ -268,6 +268,8 @@ def _depends(services, name) -> set[str]:
 
 def test_start_order(services):
     assert {"influxdb", "udf-agent"} <= _depends(services, "kapacitor")
+    assert "kapacitor" in _depends(services, "udf-supervisor")
+    assert "influxdb" in _depends(services, "publisher")
     for svc in ("udf-agent", "api", "tfserving", "jupyter"):
         assert "model-bootstrap" in _depends(services, svc), svc
     assert "kibana" in _depends(services, "kibana-import")
@@ -439,6 +441,40 @@ KIBANA_SETTINGS = {
 def test_kibana_settings_are_names_kibana_reads(services):
     assert set(services["kibana"]["environment"]) <= KIBANA_SETTINGS
     assert services["kibana"]["environment"]["SERVER_NAME"] == "kibana"
+
+
+def test_supervisor_probes_the_agents_sockets_and_reaches_kapacitor_and_influxdb(services):
+    agent, supervisor = services["udf-agent"], services["udf-supervisor"]
+    command = supervisor["command"]
+    assert command[:3] == ["python", "-m", "udf_agent.supervise"]
+    assert supervisor["image"] == agent["image"]
+    assert _mounts(supervisor)[SOCKET_DIR] == "udf-socket"
+    # it probes exactly the sockets the agent serves and Kapacitor's UDFs use
+    assert _flag(command, "--socket") == _flag(agent["command"], "--socket")
+    assert _flag(command, "--batch-socket") == _flag(agent["command"], "--batch-socket")
+    conf = tomllib.loads((COMPOSE_DIR / "kapacitor" / "kapacitor.conf").read_text())
+    functions = conf["udf"]["functions"]
+    stream_udf = _flag(command, "--stream-udf") if "--stream-udf" in command else "score"
+    batch_udf = _flag(command, "--batch-udf") if "--batch-udf" in command else "score_batch"
+    assert functions[stream_udf]["socket"] == _flag(command, "--socket")
+    assert functions[batch_udf]["socket"] == _flag(command, "--batch-socket")
+    # Kapacitor's API on its container port, InfluxDB with the credentials make env writes
+    port = conf["http"]["bind-address"].rsplit(":", 1)[1]
+    assert _flag(command, "--kapacitor-url") == f"http://kapacitor:{port}"
+    influx_port = _published(services["influxdb"])[0][2]
+    assert _flag(command, "--influx-url") == f"http://influxdb:{influx_port}"
+    assert _flag(command, "--events-database") == contract.DATABASE
+    env = supervisor["environment"]
+    assert env["UDF_SUPERVISOR_INFLUX_USERNAME"] == "${INFLUXDB_ADMIN_USER:?run make env}"
+    assert env["UDF_SUPERVISOR_INFLUX_PASSWORD"] == "${INFLUXDB_ADMIN_PASSWORD:?run make env}"
+    # every flag it is given is one the command line knows
+    from udf_agent.supervise.__main__ import build_parser
+
+    known = {o for a in build_parser()._actions for o in a.option_strings}
+    assert {c for c in command if c.startswith("--")} <= known
+    port = _flag(command, "--metrics-port")
+    assert supervisor["expose"] == [port]
+    assert supervisor["healthcheck"]["test"][-1] == f"http://localhost:{port}/metrics"
 
 
 def test_model_volumes_are_shared(services):
@@ -779,6 +815,7 @@ def test_every_dashboard_query_runs_on_a_real_influxdb(influxdb):
 
 def test_prometheus_queries_name_metrics_the_services_export():
     sources = {
+        "udf_supervisor": (ROOT / "udf_agent" / "supervise" / "metrics.py"),
         "udf_agent": (ROOT / "udf_agent" / "metrics.py"),
         "alert_sink": (ROOT / "alert_sink" / "metrics.py"),
         "api": (ROOT / "api" / "metrics.py"),
@@ -787,13 +824,15 @@ def test_prometheus_queries_name_metrics_the_services_export():
     for path in sources.values():
         if path.exists():
             exported |= set(
-                re.findall(r'"((?:udf_agent|alert_sink|api)_[a-z_]+)"', path.read_text())
+                re.findall(
+                    r'"((?:udf_agent|udf_supervisor|alert_sink|api)_[a-z_]+)"', path.read_text()
+                )
             )
     checked = 0
     for name, dashboard in _dashboards().items():
         for _panel, target in _targets(dashboard):
             for metric in re.findall(
-                r"\b((?:udf_agent|alert_sink|api)_[a-z_]+)", target.get("expr", "")
+                r"\b((?:udf_agent|udf_supervisor|alert_sink|api)_[a-z_]+)", target.get("expr", "")
             ):
                 prefix = next(p for p in sources if metric.startswith(p + "_"))
                 if not sources[prefix].exists():
@@ -802,6 +841,22 @@ def test_prometheus_queries_name_metrics_the_services_export():
                 assert base in exported or metric in exported, f"{name}: {metric} not exported"
                 checked += 1
     assert checked >= 10
+
+
+def test_live_scoring_annotates_the_supervisors_udf_events():
+    from udf_agent.supervise.influx import EVENT_FIELDS, EVENT_TAGS, EVENTS_MEASUREMENT
+
+    (annotation,) = _dashboards()["live-scoring.json"]["annotations"]["list"]
+    assert annotation["datasource"]["uid"] == "influxdb-fraud"
+    for spec in (annotation, annotation["target"]):
+        query = spec["query"]
+        assert "$timeFilter" in query
+        assert re.findall(r'FROM\s+"\w+"\."(\w+)"', query) == [EVENTS_MEASUREMENT]
+        selected = set(re.findall(r'"([^"]+)"', query.split("FROM")[0]))
+        assert selected <= set(EVENT_FIELDS) | set(EVENT_TAGS)
+        assert spec["textColumn"] in selected and spec["timeEndColumn"] in selected
+        assert set(spec["tagsColumn"].split(",")) <= selected
+    assert annotation["target"]["fromAnnotations"] is True
 
 
 def test_alerts_dashboard_if_present_reads_the_alert_index():
@@ -826,6 +881,8 @@ def test_prometheus_scrapes_the_services_on_their_ports(services):
         for job in config["scrape_configs"]
     }
     assert targets["udf-agent"] == ["udf-agent:9102"]
+    assert targets["udf-supervisor"] == ["udf-supervisor:9103"]
+    assert _flag(services["udf-supervisor"]["command"], "--metrics-port") == "9103"
     assert targets["alert-sink"] == ["alert-sink:9000"]
     assert targets["api"] == ["api:5000"]
     assert _flag(services["udf-agent"]["command"], "--metrics-port") == "9102"

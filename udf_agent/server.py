@@ -312,14 +312,16 @@ class AgentServer:
         with self._lock:
             conns = list(self._connections.values())
             threads = list(self._threads)
-        tasks = sorted({c.task for c in conns if c.initialized})
+        tasks = sorted({f"{c.task}/{c.node}" for c in conns if c.initialized})
         if tasks:
-            # After a restart Kapacitor does not re-enable these tasks by itself.
+            # Kapacitor stops these tasks when it next writes to them and does not re-enable
+            # them by itself; say which, for the operator (python -m udf_agent.supervise
+            # re-enables them once a new agent listens).
             log.warning(
                 "stopping with %d task connection(s) open; these tasks will stop executing "
                 "until re-enabled: %s",
-                len(conns),
-                ", ".join(tasks),
+                len(tasks),
+                " ".join(tasks),
             )
         start = time.monotonic()
         # Score for half the budget; a backend call in progress then has the other half

@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from models import contract as c  # noqa: E402
+from udf_agent.supervise.influx import EVENTS_MEASUREMENT  # noqa: E402
 
 OUT_DIR = REPO_ROOT / "compose" / "grafana" / "dashboards"
 INFLUX = {"type": "influxdb", "uid": "influxdb-fraud"}
@@ -26,6 +27,7 @@ PROM = {"type": "prometheus", "uid": "prometheus"}
 SCORED = f'"{c.RETENTION_POLICY}"."{c.SCORED_MEASUREMENT}"'
 INPUT = f'"{c.RETENTION_POLICY}"."{c.INPUT_MEASUREMENT}"'
 QUALITY = f'"{c.RETENTION_POLICY}"."{c.MODEL_QUALITY_MEASUREMENT}"'
+EVENTS = f'"{c.RETENTION_POLICY}"."{EVENTS_MEASUREMENT}"'
 #: fields the live-evaluation TICKscript writes into `model_quality`
 QUALITY_FIELDS = ("precision", "recall", "alert_rate")
 PER_SECOND = "/ ($__interval_ms / 1000)"
@@ -120,6 +122,23 @@ def model_variable() -> dict:
     }
 
 
+def udf_events_annotation() -> dict:
+    """The supervisor's udf_events as annotations: a task that stopped, the unscored
+    stretch until its re-enable (a region, to end_ms), each backfill."""
+    query = f'SELECT "text", "task", "event", "end_ms" FROM {EVENTS} WHERE $timeFilter'
+    columns = {"textColumn": "text", "tagsColumn": "task,event", "timeEndColumn": "end_ms"}
+    return {
+        "name": "Scoring task events",
+        "enable": True,
+        "iconColor": "orange",
+        "datasource": INFLUX,
+        # the legacy fields and the target Grafana 9+ migrates them to
+        "query": query,
+        **columns,
+        "target": {"query": query, "queryType": "tags", "fromAnnotations": True, **columns},
+    }
+
+
 def dashboard(
     uid: str,
     title: str,
@@ -129,6 +148,7 @@ def dashboard(
     refresh: str = "10s",
     time_from: str = "now-30m",
     variables: list[dict] | None = None,
+    annotations: list[dict] | None = None,
 ) -> dict:
     return {
         "uid": uid,
@@ -142,7 +162,7 @@ def dashboard(
         "refresh": refresh,
         "time": {"from": time_from, "to": "now"},
         "templating": {"list": variables or []},
-        "annotations": {"list": []},
+        "annotations": {"list": annotations or []},
         "links": [
             {
                 "type": "dashboards",
@@ -322,6 +342,7 @@ def live_scoring() -> dict:
         panels,
         tags=["influxdb"],
         variables=[model_variable()],
+        annotations=[udf_events_annotation()],
     )
 
 
@@ -431,7 +452,7 @@ def service_metrics() -> dict:
         lay.panel(
             "Targets up",
             [
-                prom("A", 'up{job=~"udf-agent|alert-sink|api"}', "{{job}}"),
+                prom("A", 'up{job=~"udf-agent|udf-supervisor|alert-sink|api"}', "{{job}}"),
             ],
             kind="stat",
             w=24,
@@ -487,6 +508,24 @@ def service_metrics() -> dict:
             [
                 prom("A", "udf_agent_connections", "open"),
             ],
+        ),
+        lay.panel(
+            "UDF supervisor: scoring tasks",
+            [
+                prom("A", "udf_supervisor_tasks", "{{state}}"),
+                prom(
+                    "B",
+                    "sum by (task) (increase(udf_supervisor_recoveries_total[15m]))",
+                    "re-enabled {{task}} (15m)",
+                ),
+                prom(
+                    "C",
+                    "sum by (task) (udf_supervisor_gap_unscored_points)",
+                    "left unscored {{task}}",
+                ),
+            ],
+            description="Tasks executing / failed / disabled, re-enables after an agent "
+            "restart, and points a backfill could not score.",
         ),
         lay.panel(
             "Alert sink: alerts in, documents shipped",

@@ -86,7 +86,7 @@ def _prometheus_targets(body: bytes) -> str | None:
     targets = _json(body).get("data", {}).get("activeTargets", [])
     health = {t.get("labels", {}).get("job"): t.get("health") for t in targets}
     bad = {job: h for job, h in health.items() if h != "up"}
-    missing = {"udf-agent", "alert-sink", "api"} - set(health)
+    missing = {"udf-agent", "udf-supervisor", "alert-sink", "api"} - set(health)
     if missing or bad:
         return f"missing {sorted(missing)} down {bad}"
     return None
@@ -120,7 +120,7 @@ def checks(env: dict[str, str]) -> list[Check]:
         Check(service="jupyter", port=10000, path="/api"),
         Check(service="prometheus", port=9090, path="/-/healthy"),
         Check(
-            service="udf-agent (via prometheus)",
+            service="udf-agent, udf-supervisor (via prometheus)",
             port=9090,
             path="/api/v1/targets",
             verify=_prometheus_targets,
