@@ -26,6 +26,35 @@ def _problem(where: str, key: str, what: str) -> InvalidCard:
     return InvalidCard(f"{where}: {key!r} {what}")
 
 
+_TYPES = ("float", "int", "categorical")
+
+
+def _feature_types(
+    profile: Mapping[str, Any] | None, features: list[str], where: str
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(type, levels) per feature, from the card's profile section (all float without)."""
+    if not profile or "features" not in profile:
+        return tuple(("float", ()) for _ in features)
+    specs = profile["features"]
+    if (
+        not isinstance(specs, list)
+        or [s.get("name") if isinstance(s, Mapping) else None for s in specs] != features
+    ):
+        raise _problem(where, "profile.features", "must list the card's features, in order")
+    out = []
+    for spec in specs:
+        kind = spec.get("type", "float")
+        if kind not in _TYPES:
+            raise _problem(where, "profile.features", f"type {kind!r} is not one of {_TYPES}")
+        levels = spec.get("levels") or []
+        if kind == "categorical" and (
+            not isinstance(levels, list) or not all(isinstance(v, str) for v in levels)
+        ):
+            raise _problem(where, "profile.features", f"{spec['name']!r} needs its levels")
+        out.append((kind, tuple(levels) if kind == "categorical" else ()))
+    return tuple(out)
+
+
 @dataclass(frozen=True, eq=False)
 class ModelCard:
     """A validated model card (``data`` keeps every key of ``model.json``)."""
@@ -39,6 +68,7 @@ class ModelCard:
     artifact_file: str = field(init=False)
     artifact_sha256: str = field(init=False)
     _features: tuple[str, ...] = field(init=False, repr=False)
+    _types: tuple[tuple[str, tuple[str, ...]], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         data = self.data
@@ -84,9 +114,10 @@ class ModelCard:
             raise _problem(where, "artifact.file", "must be a non-empty string")
         if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
             raise _problem(where, "artifact.sha256", "must be 64 lowercase hex digits")
-        for key in ("serving", "metrics"):
+        for key in ("serving", "metrics", "profile"):
             if data.get(key) is not None and not isinstance(data[key], Mapping):
                 raise _problem(where, key, "must be an object")
+        types = _feature_types(data.get("profile"), features, where)
         set_(self, "name", name)
         set_(self, "version", str(int(version)))
         set_(self, "framework", framework)
@@ -94,11 +125,32 @@ class ModelCard:
         set_(self, "artifact_file", file)
         set_(self, "artifact_sha256", sha)
         set_(self, "_features", tuple(features))
+        set_(self, "_types", types)
 
     @property
     def features(self) -> list[str]:
         """Model inputs, in the order the model takes them."""
         return list(self._features)
+
+    @property
+    def feature_types(self) -> list[str]:
+        """Type of each feature, in order: ``float``, ``int`` or ``categorical`` (cards
+        without a ``profile`` section, the credit-card ones, are all ``float``)."""
+        return [t for t, _ in self._types]
+
+    @property
+    def categorical(self) -> dict[str, tuple[str, ...]]:
+        """Categorical features and their training levels (empty for numeric models)."""
+        return {
+            name: levels
+            for name, (kind, levels) in zip(self._features, self._types, strict=True)
+            if kind == "categorical"
+        }
+
+    @property
+    def profile(self) -> Mapping[str, Any]:
+        """The profile section: data set name, id and label fields, measurements."""
+        return self.data.get("profile") or {}
 
     @property
     def serving(self) -> Mapping[str, Any]:

@@ -5,7 +5,9 @@ float batch (rows in card feature order) into one positive-class probability per
 :meth:`ScoringBackend.score` enforces the contract around the subclass's :meth:`_score`,
 so no caller checks it again:
 
-- input: a 2-D float array with the card's number of columns (``InvalidInput``);
+- input: a 2-D array with the card's number of columns, in card order (``InvalidInput``):
+  floats, or for a model with categorical features an object array holding strings in
+  the categorical columns and numbers in the others;
 - output: shape ``(n,)``, every value finite and within [0, 1] (``InvalidScores``, which
   carries the scores and the indexes of the bad rows so a caller may keep the others);
 - an empty batch returns an empty array without calling the model;
@@ -34,6 +36,9 @@ class ScoringBackend(abc.ABC):
     def __init__(self, card: ModelCard) -> None:
         self.card = card
         self._closed = False
+        kinds = card.feature_types
+        #: columns holding category labels (strings); the others are numbers
+        self._categorical = [i for i, k in enumerate(kinds) if k == "categorical"]
 
     @property
     def name(self) -> str:
@@ -62,7 +67,7 @@ class ScoringBackend(abc.ABC):
             raise BackendError(f"{self!r} is closed")
         width = len(self.card.features)
         try:
-            X = np.asarray(X, dtype=np.float64)
+            X = np.asarray(X, dtype=object if self._categorical else np.float64)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"{self!r}: the batch is not a float array: {exc}") from None
         if X.ndim != 2 or X.shape[1] != width:
@@ -70,10 +75,35 @@ class ScoringBackend(abc.ABC):
                 f"{self!r} takes a (n, {width}) batch in card feature order, got shape "
                 f"{list(X.shape)}"
             )
+        if self._categorical:
+            X = self._mixed(X)
         n = X.shape[0]
         if n == 0:
             return np.empty(0, dtype=np.float64)
         return self._check_scores(self._score(X), n)
+
+    def _mixed(self, X: np.ndarray) -> np.ndarray:
+        """An object batch of a model with categorical features: numbers as floats,
+        category labels as strings (a label the model never saw is its encoder's job)."""
+        out = np.empty(X.shape, dtype=object)
+        cats = set(self._categorical)
+        names = self.card.features
+        for j in range(X.shape[1]):
+            col = X[:, j]
+            if j in cats:
+                bad = [v for v in col if not isinstance(v, str)]
+                if bad:
+                    raise InvalidInput(
+                        f"{self!r}: categorical feature {names[j]!r} takes strings, got "
+                        f"{type(bad[0]).__name__}"
+                    )
+                out[:, j] = col
+            else:
+                try:
+                    out[:, j] = col.astype(np.float64)
+                except (TypeError, ValueError):
+                    raise InvalidInput(f"{self!r}: feature {names[j]!r} takes numbers") from None
+        return out
 
     def _check_scores(self, raw: Any, n: int) -> np.ndarray:
         try:

@@ -52,5 +52,14 @@ class SklearnBackend(ScoringBackend):
         if self._frame_columns is not None:
             import pandas as pd
 
-            X = pd.DataFrame(X, columns=self._frame_columns)
+            if self._categorical:  # one dtype per column, as the model was fitted
+                cats = set(self._categorical)
+                X = pd.DataFrame(
+                    {
+                        name: X[:, j] if j in cats else X[:, j].astype(np.float64)
+                        for j, name in enumerate(self._frame_columns)
+                    }
+                )
+            else:
+                X = pd.DataFrame(X, columns=self._frame_columns)
         return self.estimator.predict_proba(X)[:, self._pos]
