@@ -11,7 +11,7 @@ from flask import Blueprint, Flask, g, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from models.contract import FEATURES
+from models.contract import FEATURES, TXN_ID
 from models.registry import RegistryError
 
 from ._state import EXTENSION_KEY, AppState
@@ -61,14 +61,22 @@ class _Api(Api):
         return payload, error.code, data.get("headers", {})
 
 
-def _features_for_docs(service: ModelService) -> list[str]:
-    """The served model's ordered features for the OpenAPI record schema, else the contract's."""
-    if service.serving is not None:
-        return list(service.serving.feature_names)
+def _record_schema_for_docs(service: ModelService) -> type:
+    """The served model's record schema for the OpenAPI document, else the contract's."""
     try:
-        return service.registry.card(service.name, service.alias).features
+        card = (
+            service.serving.card
+            if service.serving is not None
+            else service.registry.card(service.name, service.alias)
+        )
     except RegistryError:
-        return list(FEATURES)
+        return record_schema(list(FEATURES))
+    return record_schema(
+        card.features,
+        types=card.feature_types,
+        levels=card.categorical,
+        id_key=card.profile.get("id") or TXN_ID,
+    )
 
 
 def create_app(config: ApiConfig | Mapping[str, Any] | None = None) -> Flask:
@@ -115,7 +123,7 @@ def create_app(config: ApiConfig | Mapping[str, Any] | None = None) -> Flask:
             }
         },
     )
-    api.spec.components.schema("PredictRecord", schema=record_schema(_features_for_docs(service)))
+    api.spec.components.schema("PredictRecord", schema=_record_schema_for_docs(service))
     for blp in (predict_blp, models_blp, health_blp, metrics_blp):
         api.register_blueprint(blp)
     if not cfg.swagger_ui_url:

@@ -61,14 +61,29 @@ class ErrorSchema(ma.Schema):
     )
 
 
-def record_schema(features: Sequence[str]) -> type[ma.Schema]:
-    """A transaction record: every model feature (a finite number) plus optional txn_id."""
-    attrs: dict[str, fields.Field] = {
-        name: fields.Float(required=True, allow_nan=False) for name in features
-    }
-    attrs[TXN_ID] = fields.String(
+def record_schema(
+    features: Sequence[str],
+    *,
+    types: Sequence[str] | None = None,
+    levels: dict[str, Sequence[str]] | None = None,
+    id_key: str = TXN_ID,
+) -> type[ma.Schema]:
+    """A record: every model feature (a finite number, or a string for a categorical
+    feature) plus the optional id (``txn_id`` for cards), echoed in the prediction."""
+    kinds = list(types or ["float"] * len(features))
+    attrs: dict[str, fields.Field] = {}
+    for name, kind in zip(features, kinds, strict=True):
+        if kind == "categorical":
+            known = ", ".join((levels or {}).get(name, ()))
+            attrs[name] = fields.String(
+                required=True,
+                metadata={"description": f"Category label (known: {known}; others are scored)"},
+            )
+        else:
+            attrs[name] = fields.Float(required=True, allow_nan=False)
+    attrs[id_key] = fields.String(
         validate=ma.validate.Length(max=256),
-        metadata={"description": "Optional transaction id, echoed in the prediction."},
+        metadata={"description": "Optional record id, echoed in the prediction."},
     )
     return ma.Schema.from_dict(attrs, name="PredictRecord")
 

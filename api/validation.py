@@ -1,7 +1,9 @@
-"""Request-body parsing and validation, without Flask: bytes in, a float matrix out, or a
+"""Request-body parsing and validation, without Flask: bytes in, a feature matrix out, or a
 :class:`~api.errors.ValidationFailed` that lists every problem with its record index and
 field. Strict on purpose: booleans and numeric strings are not numbers, NaN and Infinity
-are refused (Python's ``json`` would accept them), unknown keys are errors."""
+are refused (Python's ``json`` would accept them), unknown keys are errors. A model with
+categorical features (a profile's, recorded in its card) takes strings for those: any
+string, since a level never seen in training is its encoder's job, not an error."""
 
 from __future__ import annotations
 
@@ -75,8 +77,24 @@ def _check_value(index: int | None, name: str, value: Any, problems: list) -> No
     problems.append(_problem(index, name, f"expected a number, got {json_type(value)}"))
 
 
+def _check_category(index: int | None, name: str, value: Any, problems: list) -> None:
+    if type(value) is not str or not value:
+        problems.append(
+            _problem(index, name, f"expected a category label (a non-empty string), got "
+                     f"{json_type(value)}")
+        )  # fmt: skip
+    elif len(value) > MAX_TXN_ID_LENGTH:
+        problems.append(_problem(index, name, f"longer than {MAX_TXN_ID_LENGTH} characters"))
+
+
 def _check_record(
-    index: int | None, record: Any, features: Sequence[str], feature_set: frozenset, problems: list
+    index: int | None,
+    record: Any,
+    features: Sequence[str],
+    feature_set: frozenset,
+    problems: list,
+    categorical: frozenset = frozenset(),
+    id_key: str = TXN_ID,
 ) -> None:
     if not isinstance(record, dict):
         problems.append(
@@ -86,12 +104,14 @@ def _check_record(
     for name in features:
         if name not in record:
             problems.append(_problem(index, name, "missing feature"))
+        elif name in categorical:
+            _check_category(index, name, record[name], problems)
         else:
             _check_value(index, name, record[name], problems)
     for key in record:
         if key in feature_set:
             continue
-        if key == TXN_ID:
+        if key == id_key:
             value = record[key]
             if not isinstance(value, str):
                 problems.append(_problem(index, key, f"expected a string, got {json_type(value)}"))
@@ -103,7 +123,7 @@ def _check_record(
                 index,
                 key,
                 f"unknown field (allowed: the model's {len(features)} features and "
-                f"optional {TXN_ID})",
+                f"optional {id_key})",
             )
         )
 
@@ -111,8 +131,18 @@ def _check_record(
 _NUMBER_TYPES = (int, float)
 
 
-def validate_records(payload: Any, features: Sequence[str], *, max_batch: int) -> ParsedBatch:
-    """Turn a decoded body (one record or a list of records) into a :class:`ParsedBatch`."""
+def validate_records(
+    payload: Any,
+    features: Sequence[str],
+    *,
+    max_batch: int,
+    types: Sequence[str] | None = None,
+    id_key: str = TXN_ID,
+) -> ParsedBatch:
+    """Turn a decoded body (one record or a list of records) into a :class:`ParsedBatch`.
+
+    ``types`` gives each feature's type (``float``, ``int``, ``categorical``; all numbers
+    when omitted); ``id_key`` is the optional id echoed back (``txn_id`` for cards)."""
     single = isinstance(payload, dict)
     if single:
         records = [payload]
@@ -144,6 +174,11 @@ def validate_records(payload: Any, features: Sequence[str], *, max_batch: int) -
         )
     feature_set = frozenset(features)
     n_features = len(features)
+    categorical = frozenset(
+        name for name, kind in zip(features, types or (), strict=False) if kind == "categorical"
+    )
+    if categorical:
+        return _validate_mixed(records, features, feature_set, categorical, id_key, single)
     rows: list[list[Any]] = []
     txn_ids: list[str | None] = []
     bad = False
@@ -153,8 +188,8 @@ def validate_records(payload: Any, features: Sequence[str], *, max_batch: int) -
         if type(record) is not dict:
             bad = True
             break
-        has_txn_id = TXN_ID in record
-        txn_id = record.get(TXN_ID)
+        has_txn_id = id_key in record
+        txn_id = record.get(id_key)
         extra = len(record) - n_features - has_txn_id
         if extra != 0 or not feature_set.issubset(record.keys()):
             bad = True
@@ -182,8 +217,31 @@ def validate_records(payload: Any, features: Sequence[str], *, max_batch: int) -
     if bad or X is None:
         problems: list[dict[str, Any]] = []
         for i, record in enumerate(records):
-            _check_record(i, record, features, feature_set, problems)
+            _check_record(i, record, features, feature_set, problems, id_key=id_key)
         if not problems:  # pragma: no cover - the fast path and the checks disagree
             problems.append(_problem(None, None, "invalid records"))
         raise ValidationFailed(problems)
     return ParsedBatch(X=X, txn_ids=txn_ids, single=single)
+
+
+def _validate_mixed(
+    records: list[Any],
+    features: Sequence[str],
+    feature_set: frozenset,
+    categorical: frozenset,
+    id_key: str,
+    single: bool,
+) -> ParsedBatch:
+    """Records of a model with categorical features: every record checked, an object
+    matrix out (strings in the categorical columns, floats in the others)."""
+    problems: list[dict[str, Any]] = []
+    for i, record in enumerate(records):
+        _check_record(i, record, features, feature_set, problems, categorical, id_key)
+    if problems:
+        raise ValidationFailed(problems)
+    X = np.empty((len(records), len(features)), dtype=object)
+    for i, record in enumerate(records):
+        for j, name in enumerate(features):
+            value = record[name]
+            X[i, j] = value if name in categorical else float(value)
+    return ParsedBatch(X=X, txn_ids=[r.get(id_key) for r in records], single=single)

@@ -211,6 +211,7 @@ class Profile:
             "features": [f.to_dict() for f in self.features],
             "id": self.id_column,
             "label": self.label_field if self.label is not None else None,
+            "tags": list(self.tags),
             "value": self.value,
             "measurement": self.measurement,
             "scored_measurement": self.scored_measurement,

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from models import contract
+from models.profile import Profile
 
 from .protocol import messages as pb
 from .protocol.codec import FrameDecoder, encode_frame, encode_varint
@@ -135,11 +136,20 @@ def build_payloads(
     *,
     source: str = "replay-1",
     features: Sequence[str] = contract.FEATURES,
+    profile: Profile | None = None,
 ) -> list[bytes]:
-    """Serialized ``transactions`` points without their time field (added when sent).
+    """Serialized input points without their time field (added when sent), as Kapacitor
+    forwards them from InfluxDB.
 
-    Each row is a mapping with the features, ``txn_id`` and ``Class``/``label``.
+    Without ``profile``: ``transactions`` points of the credit-card contract; each row is a
+    mapping with the features, ``txn_id`` and ``Class``/``label``. With a profile: its
+    measurement, database and retention policy; float features as double fields, int
+    features as integer fields, categorical ones as string fields, the profile's tags as
+    tags, the id as a string field and the label as an integer field (``label_field``),
+    read from the row under its CSV column name.
     """
+    if profile is not None:
+        return [_profile_point(row, i, source, profile) for i, row in enumerate(rows)]
     out = []
     for i, row in enumerate(rows):
         p = pb.Point()
@@ -156,6 +166,36 @@ def build_payloads(
             p.fieldsInt[contract.LABEL] = int(label)
         out.append(p.SerializeToString())
     return out
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _profile_point(row: dict[str, Any], i: int, source: str, profile: Profile) -> bytes:
+    p = pb.Point()
+    p.name = profile.measurement
+    p.database = profile.database
+    p.retentionPolicy = profile.retention_policy
+    p.tags[contract.SOURCE_TAG] = source
+    for t in profile.tags:
+        if _present(row.get(t)):
+            p.tags[t] = str(row[t])
+    for f in profile.features:
+        v = row.get(f.name)
+        if not _present(v):
+            continue  # a missing feature: the agent passes the point on with score_error
+        if f.categorical:
+            p.fieldsString[f.name] = str(v)
+        elif f.type == "int":
+            p.fieldsInt[f.name] = int(v)
+        else:
+            p.fieldsDouble[f.name] = float(v)
+    ident = row.get(profile.id) if profile.id is not None else None
+    p.fieldsString[profile.id_column] = str(ident) if _present(ident) else f"r{i}"
+    if profile.label is not None and _present(row.get(profile.label)):
+        p.fieldsInt[profile.label_field] = int(row[profile.label])
+    return p.SerializeToString()
 
 
 def _point_frame(payload: bytes, t: int) -> bytes:
@@ -277,10 +317,17 @@ def run_replay(
     close_timeout: float = 60.0,
     on_progress: Callable[[int, int], None] | None = None,
     task_id: str = "replay",
+    profile: Profile | None = None,
 ) -> ReplayReport:
-    """Replay ``payloads`` (cycled up to ``n`` points) and return the report."""
+    """Replay ``payloads`` (cycled up to ``n`` points) and return the report. ``profile``:
+    the data set the payloads were built for (its id, label and value fields are read
+    back from the scored points); None for credit cards."""
     if not payloads:
         raise ReplayError("nothing to replay")
+    if profile is None:
+        id_field, label_field, value_field = contract.TXN_ID, contract.LABEL, "Amount"
+    else:
+        id_field, label_field, value_field = profile.id_column, profile.label_field, profile.value
     total = n if n is not None else len(payloads)
     info = query_info(socket_path)
     want_edge = pb.BATCH if edge == "batch" else pb.STREAM
@@ -337,10 +384,10 @@ def run_replay(
             recv_at[idx] = now
             fs = p.fieldsString
             if (
-                p.name != contract.INPUT_MEASUREMENT
-                or p.database != contract.DATABASE
-                or p.retentionPolicy != contract.RETENTION_POLICY
-                or fs.get(contract.TXN_ID) != txn_ids[idx % n_payloads]
+                p.name != first.name
+                or p.database != first.database
+                or p.retentionPolicy != first.retentionPolicy
+                or fs.get(id_field) != txn_ids[idx % n_payloads]
                 or p.tags.get(contract.SOURCE_TAG) != expected_source
             ):
                 report.metadata_mismatches += 1
@@ -361,13 +408,13 @@ def run_replay(
                 fd = p.fieldsDouble
                 scored.append(
                     ScoredPoint(
-                        txn_id=fs.get(contract.TXN_ID, ""),
+                        txn_id=fs.get(id_field, ""),
                         time=p.time,
                         score=fd.get(options.get("field", "score")),
                         is_anomaly=p.fieldsBool.get(contract.IS_ANOMALY),
                         threshold=fd.get(contract.THRESHOLD),
-                        label=p.fieldsInt.get(contract.LABEL),
-                        amount=fd.get("Amount"),
+                        label=p.fieldsInt.get(label_field),
+                        amount=fd.get(value_field) if value_field else None,
                         model=p.tags.get(contract.MODEL_TAG, ""),
                         model_version=p.tags.get(contract.MODEL_VERSION_TAG, ""),
                         score_error=err,
@@ -410,7 +457,7 @@ def run_replay(
         *first.fieldsString,
         *first.fieldsBool,
     }
-    txn_ids = [pb.Point.FromString(b).fieldsString.get(contract.TXN_ID) for b in payloads]
+    txn_ids = [pb.Point.FromString(b).fieldsString.get(id_field) for b in payloads]
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(socket_path))
@@ -444,7 +491,7 @@ def run_replay(
         sent = 0
         last_progress = started
         batch_begin = pb.Request()
-        batch_begin.begin.name = contract.INPUT_MEASUREMENT
+        batch_begin.begin.name = first.name
         try:
             while sent < total:
                 now = time.perf_counter()
@@ -468,7 +515,7 @@ def run_replay(
                     parts.append(_point_frame(payloads[i % n_payloads], t0 + i))
                 if edge == "batch":
                     end = pb.Request()
-                    end.end.name = contract.INPUT_MEASUREMENT
+                    end.end.name = first.name
                     end.end.tmax = t0 + sent + k - 1
                     parts.append(_request_frame(end))
                     report.batches_sent += 1
@@ -522,12 +569,16 @@ def run_replay(
     return report
 
 
-def load_rows(csv: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def load_rows(csv: str | os.PathLike[str], profile: Profile | None = None) -> list[dict[str, Any]]:
+    """CSV rows as mappings; categorical columns of ``profile`` stay text, ids are
+    generated when the file has none."""
     import pandas as pd
 
-    df = pd.read_csv(csv)
-    if contract.TXN_ID not in df.columns:
-        df[contract.TXN_ID] = [f"r{i}" for i in range(len(df))]
+    dtypes = {f.name: str for f in profile.categorical} if profile is not None else None
+    df = pd.read_csv(csv, dtype=dtypes)
+    id_col = contract.TXN_ID if profile is None else (profile.id or profile.id_field)
+    if id_col not in df.columns:
+        df[id_col] = [f"r{i}" for i in range(len(df))]
     return df.to_dict("records")
 
 
@@ -566,7 +617,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m udf_agent.replay", description=__doc__.splitlines()[0]
     )
     p.add_argument("--socket", required=True, help="agent's Unix socket")
-    p.add_argument("--csv", required=True, help="CSV with the Kaggle schema (+ optional txn_id)")
+    p.add_argument(
+        "--csv",
+        required=True,
+        help="CSV of the data set (default profile: the Kaggle schema, optional txn_id)",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="data-set profile, a name in profiles/ or a TOML path (default: creditcard)",
+    )
     p.add_argument(
         "--option",
         action="append",
@@ -594,10 +654,19 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
     )
     options = _parse_options(args.option)
+    profile = None
+    if args.profile:
+        from models.profile import ProfileError, load_profile
+
+        try:
+            profile = load_profile(args.profile)
+        except ProfileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if "model" not in options:
-        options["model"] = "creditcard"
-    rows = load_rows(args.csv)
-    payloads = build_payloads(rows, source=args.source)
+        options["model"] = profile.name if profile is not None else "creditcard"
+    rows = load_rows(args.csv, profile)
+    payloads = build_payloads(rows, source=args.source, profile=profile)
 
     def progress(sent: int, back: int) -> None:
         print(f"\rsent {sent:,} received {back:,}", end="", file=sys.stderr, flush=True)
@@ -613,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
             edge=args.edge,
             batch_size=args.batch_size,
             on_progress=None if args.json else progress,
+            profile=profile,
         )
     except (ReplayError, OSError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)

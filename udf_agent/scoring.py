@@ -136,7 +136,13 @@ class ScoringSession:
     def _check_outputs(self) -> None:
         """An output may not overwrite an input: the model's features and the data
         contract's own fields and tags are known at init (a point's other fields are not)."""
-        inputs = {f: "a field of the input measurement" for f in contract.INPUT_FIELDS}
+        profile = self.primary_backend.card.profile
+        if profile:  # a profile's model: its id and label fields
+            fields = [profile.get("id"), profile.get("label")]
+            tags = [contract.SOURCE_TAG, *(profile.get("tags") or [])]
+        else:
+            fields, tags = contract.INPUT_FIELDS, [contract.SOURCE_TAG]
+        inputs = {f: "a field of the input measurement" for f in fields if f}
         inputs.update(
             (f, f"a feature of {self.primary.name} v{self.primary.version}")
             for f in self.primary_backend.feature_names
@@ -148,7 +154,6 @@ class ScoringSession:
             for name in self.output_fields()
             if name in inputs
         ]
-        tags = [contract.SOURCE_TAG]
         problems += [
             f"output {name!r} would overwrite the input tag {name!r}"
             for name in (self.options.field, *contract.OUTPUT_TAGS)
@@ -369,7 +374,9 @@ class ScoringSession:
         primary = self.primary_backend
         n = len(points)
         errors: list[str | None] = [None] * n
-        X = _extract(points, primary.feature_names, errors, self.metrics)
+        X = _extract(
+            points, primary.feature_names, errors, self.metrics, primary.card.feature_types
+        )
         good = np.flatnonzero([e is None for e in errors]) if n else np.empty(0, dtype=np.intp)
         scores = np.full(n, np.nan)
         used = primary
@@ -540,10 +547,102 @@ def _extract(
     features: list[str],
     errors: list[str | None],
     metrics: AgentMetrics | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Feature matrix in card order. Fast path: every feature in fieldsDouble. Rows with a
-    missing or non-finite value are re-examined (fieldsInt, wrong types) and either
-    fixed or marked with an error reason."""
+    """Feature matrix in card order. ``kinds`` are the card's feature types: a float
+    feature is read from fieldsDouble, an int one from fieldsInt (either map is accepted
+    for a number), a categorical one from fieldsString. Rows with a missing, non-finite
+    or mistyped value are marked with an error reason (and scored by no one)."""
+    n = len(points)
+    if not kinds or all(k == "float" for k in kinds):
+        return _extract_floats(points, features, errors, metrics)
+    if n == 0:
+        return np.empty((0, len(features)), dtype=object)
+    maps = [
+        "fieldsString" if k == "categorical" else "fieldsInt" if k == "int" else "fieldsDouble"
+        for k in kinds
+    ]
+    spec = list(zip(features, maps, kinds, strict=True))
+    X = np.empty((n, len(features)), dtype=object)
+    for i, p in enumerate(points):
+        row = [getattr(p, m).get(f) for f, m, _ in spec]
+        ok = True
+        for j, (v, (_, _, kind)) in enumerate(zip(row, spec, strict=True)):
+            if v is None or (kind == "float" and not math.isfinite(v)):
+                ok = False
+                break
+            if kind == "int":
+                row[j] = float(v)
+        if ok:
+            X[i, :] = row
+        else:
+            X[i, :] = _row_slow(p, spec, i, errors, metrics)
+    return X
+
+
+def _row_slow(
+    p: Any,
+    spec: list[tuple[str, str, str]],
+    i: int,
+    errors: list[str | None],
+    metrics: AgentMetrics | None,
+) -> list[Any]:
+    """One row with a problem: look in the other maps, else name what is wrong."""
+    fd, fi, fs = p.fieldsDouble, p.fieldsInt, p.fieldsString
+    out: list[Any] = []
+    missing: list[str] = []
+    problems: list[str] = []
+    reason = None
+    for f, _, kind in spec:
+        if kind == "categorical":
+            if f in fs:
+                out.append(fs[f])
+            elif f in fi:  # a level written as an integer
+                out.append(str(fi[f]))
+            elif f in fd or f in p.fieldsBool:
+                out.append(None)
+                problems.append(f"{f} is not a category label")
+                reason = reason or "non_categorical_feature"
+            else:
+                out.append(None)
+                missing.append(f)
+                reason = reason or "missing_feature"
+            continue
+        if f in fd:
+            v = fd[f]
+            out.append(v)
+            if not math.isfinite(v):
+                problems.append(f"{f} is {v}")
+                reason = reason or "non_finite_feature"
+        elif f in fi:
+            out.append(float(fi[f]))
+        elif f in fs or f in p.fieldsBool:
+            out.append(None)
+            problems.append(f"{f} is not numeric")
+            reason = reason or "non_numeric_feature"
+        else:
+            out.append(None)
+            missing.append(f)
+            reason = reason or "missing_feature"
+    if missing:
+        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+        problems.insert(0, "missing " + ", ".join(missing[:3]) + more)
+    if problems:
+        if metrics is not None:
+            metrics.errors.labels(reason).inc()
+        errors[i] = "; ".join(problems[:4])
+    return out
+
+
+def _extract_floats(
+    points: Sequence[Any],
+    features: list[str],
+    errors: list[str | None],
+    metrics: AgentMetrics | None = None,
+) -> np.ndarray:
+    """All-float features (the credit-card models). Fast path: every feature in
+    fieldsDouble. Rows with a missing or non-finite value are re-examined (fieldsInt,
+    wrong types) and either fixed or marked with an error reason."""
     n = len(points)
     if n == 0:
         return np.empty((0, len(features)))
@@ -552,31 +651,9 @@ def _extract(
     rows = [list(map(p.fieldsDouble.get, features)) for p in points]
     X = np.array(rows, dtype=np.float64).reshape(n, len(features))
     bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    spec = [(f, "fieldsDouble", "float") for f in features]
     for i in bad.tolist():
-        p = points[i]
-        fd, fi = p.fieldsDouble, p.fieldsInt
-        missing: list[str] = []
-        problems: list[str] = []
-        reason = None
-        for j, f in enumerate(features):
-            if f in fd:
-                v = fd[f]
-                if not math.isfinite(v):
-                    problems.append(f"{f} is {v}")
-                    reason = reason or "non_finite_feature"
-            elif f in fi:
-                X[i, j] = float(fi[f])
-            elif f in p.fieldsString or f in p.fieldsBool:
-                problems.append(f"{f} is not numeric")
-                reason = reason or "non_numeric_feature"
-            else:
-                missing.append(f)
-                reason = reason or "missing_feature"
-        if missing:
-            more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-            problems.insert(0, "missing " + ", ".join(missing[:3]) + more)
-        if problems:
-            if metrics is not None:
-                metrics.errors.labels(reason).inc()
-            errors[i] = "; ".join(problems[:4])
+        row = _row_slow(points[i], spec, i, errors, metrics)
+        if errors[i] is None:
+            X[i, :] = row
     return X

@@ -73,7 +73,14 @@ def predict(version: str | None = None) -> Response:
         )
     payload = parse_json(request.get_data(cache=False))
     with state.service.use(version) as backend:
-        batch = validate_records(payload, backend.feature_names, max_batch=state.config.max_batch)
+        id_key = backend.card.profile.get("id") or TXN_ID
+        batch = validate_records(
+            payload,
+            backend.feature_names,
+            max_batch=state.config.max_batch,
+            types=backend.card.feature_types,
+            id_key=id_key,
+        )
         try:
             scores = backend.score(batch.X)
         except BackendError as exc:
@@ -110,7 +117,7 @@ def predict(version: str | None = None) -> Response:
             MODEL_VERSION_TAG: ver,
         }
         if txn_id is not None:
-            p[TXN_ID] = txn_id
+            p[id_key] = txn_id
         predictions.append(p)
     state.metrics.records.labels(name, ver).inc(len(predictions))
     state.metrics.batch_size.observe(len(predictions))
