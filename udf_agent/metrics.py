@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -138,7 +138,6 @@ class AgentMetrics:
             ["model"],
             registry=r,
         )
-        self.build = Info("udf_agent_build", "Agent build information", registry=r)
 
     def watch_backends(self, loaded: Callable[[], Iterable[tuple[str, str, Any]]]) -> None:
         """Export the stats of the backends ``loaded()`` lists at each scrape."""

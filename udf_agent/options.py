@@ -6,8 +6,7 @@ exactly, with no coercion, so each option has one fixed signature.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from models import contract
@@ -80,12 +79,6 @@ class ScoreOptions:
     def from_json(cls, data: dict[str, Any]) -> ScoreOptions:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
-
-    def with_overrides(self, **kw: Any) -> ScoreOptions:
-        return replace(self, **kw)
-
-    def dumps(self) -> bytes:
-        return json.dumps(self.to_json(), sort_keys=True).encode()
 
 
 def info_response(edge: int = pb.STREAM) -> Any:

@@ -83,10 +83,6 @@ class FrameDecoder:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
     def frames(self) -> Iterator[bytes]:
         """Yield every complete frame body buffered so far."""
         buf = self._buf
