@@ -269,7 +269,7 @@ def _depends(services, name) -> set[str]:
 def test_start_order(services):
     assert {"influxdb", "udf-agent"} <= _depends(services, "kapacitor")
     assert "kapacitor" in _depends(services, "udf-supervisor")
-    assert "influxdb" in _depends(services, "publisher")
+    assert "influxdb-setup" in _depends(services, "publisher")
     for svc in ("udf-agent", "api", "tfserving", "jupyter"):
         assert "model-bootstrap" in _depends(services, svc), svc
     assert "kibana" in _depends(services, "kibana-import")
@@ -377,6 +377,10 @@ def test_each_service_gets_only_its_own_credentials(services):
     assert {n for n, v in got.items() if v & admin} == {"influxdb", "influxdb-setup", "kapacitor"}
     assert {"INFLUXDB_WRITE_USER", "INFLUXDB_WRITE_USER_PASSWORD"} <= got["publisher"]
     assert not got["publisher"] & admin
+    assert got["udf-supervisor"] == {
+        "INFLUXDB_SUPERVISOR_USER",
+        "INFLUXDB_SUPERVISOR_USER_PASSWORD",
+    }
     chronograf = services["chronograf"]["environment"]
     assert chronograf["INFLUXDB_USERNAME"] == "${INFLUXDB_CHRONOGRAF_USER:?run make env}"
     assert got["chronograf"] == {"INFLUXDB_CHRONOGRAF_USER", "INFLUXDB_CHRONOGRAF_USER_PASSWORD"}
@@ -400,6 +404,7 @@ def test_influxdb_setup_grants_the_documented_rights():
         "INFLUXDB_WRITE_USER": {("WRITE", "DATABASE")},
         "INFLUXDB_READ_USER": {("READ", "DATABASE")},
         "INFLUXDB_CHRONOGRAF_USER": {("READ", "DATABASE"), ("READ", "CHRONOGRAF_DATABASE")},
+        "INFLUXDB_SUPERVISOR_USER": {("ALL", "DATABASE")},
     }
     assert re.search(r"^DATABASE=fraud$", text, re.M) and contract.DATABASE == "fraud"
     result = subprocess.run(["bash", "-n", str(COMPOSE_DIR / "influxdb" / "setup.sh")],
@@ -465,8 +470,11 @@ def test_supervisor_probes_the_agents_sockets_and_reaches_kapacitor_and_influxdb
     assert _flag(command, "--influx-url") == f"http://influxdb:{influx_port}"
     assert _flag(command, "--events-database") == contract.DATABASE
     env = supervisor["environment"]
-    assert env["UDF_SUPERVISOR_INFLUX_USERNAME"] == "${INFLUXDB_ADMIN_USER:?run make env}"
-    assert env["UDF_SUPERVISOR_INFLUX_PASSWORD"] == "${INFLUXDB_ADMIN_PASSWORD:?run make env}"
+    assert env["UDF_SUPERVISOR_INFLUX_USERNAME"] == "${INFLUXDB_SUPERVISOR_USER:?run make env}"
+    assert (
+        env["UDF_SUPERVISOR_INFLUX_PASSWORD"]
+        == "${INFLUXDB_SUPERVISOR_USER_PASSWORD:?run make env}"
+    )
     # every flag it is given is one the command line knows
     from udf_agent.supervise.__main__ import build_parser
 

@@ -219,6 +219,8 @@ def _setup_env(url: str, **kw: str) -> dict[str, str]:
         "INFLUXDB_READ_USER_PASSWORD": "r1",
         "INFLUXDB_CHRONOGRAF_USER": "chronograf",
         "INFLUXDB_CHRONOGRAF_USER_PASSWORD": "c1",
+        "INFLUXDB_SUPERVISOR_USER": "supervisor",
+        "INFLUXDB_SUPERVISOR_USER_PASSWORD": "s1",
         "INFLUXDB_SETUP_TIMEOUT": "10",
     }
     env.update(kw)
@@ -270,6 +272,13 @@ def test_influxdb_setup_gives_each_user_only_its_rights(tmp_path):
             assert "requires admin" in _as(url, user, pw, "/query", "SHOW USERS")[1], user
         grants = server.query('SHOW GRANTS FOR "chronograf"', epoch=None)[0]["series"][0]["values"]
         assert sorted(grants) == [["chronograf", "READ"], ["fraud", "READ"]]
+        # the supervisor: reads the scored points, writes udf_events, no admin
+        status, error = _as(
+            url, "supervisor", "s1", "/query", "SELECT count(Amount) FROM transactions"
+        )
+        assert status == 200 and not error, error
+        assert _as(url, "supervisor", "s1", "/write", body='udf_events text="x"')[0] == 204
+        assert "requires admin" in _as(url, "supervisor", "s1", "/query", "SHOW USERS")[1]
 
         # a re-run sets new passwords and takes back rights granted by hand
         server.query('GRANT ALL ON "fraud" TO "grafana"', post=True, epoch=None)
@@ -284,7 +293,13 @@ def test_influxdb_setup_gives_each_user_only_its_rights(tmp_path):
         users = {
             u[0]: u[1] for u in server.query("SHOW USERS", epoch=None)[0]["series"][0]["values"]
         }
-        assert users == {"admin": True, "publisher": False, "grafana": False, "chronograf": False}
+        assert users == {
+            "admin": True,
+            "publisher": False,
+            "grafana": False,
+            "chronograf": False,
+            "supervisor": False,
+        }
 
         # wrong admin password: a clear failure, not a hang
         env = _setup_env(url, INFLUXDB_ADMIN_PASSWORD="wrong", INFLUXDB_SETUP_TIMEOUT="0")

@@ -72,7 +72,13 @@ class Rig:
     """A real agent (in-process, stream and batch sockets), the Kapacitor peer with the
     project's score_creditcard task, optionally a real influxd."""
 
-    def __init__(self, tmp_path: Path, influx=None, threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        influx=None,
+        threshold: float = 0.5,
+        task_vars: dict | None = None,
+    ) -> None:
         self.reg = Registry(tmp_path / "registry")
         register_tiny(self.reg)
         self.sock = tmp_path / "udf.sock"
@@ -86,8 +92,8 @@ class Rig:
             udfs={"score": self.sock, "score_batch": self.batch_sock},
             influx_url=influx.url if influx is not None else None,
         ).start()
-        task_vars = json.loads(json.dumps(TASK_VARS))
-        task_vars["threshold"]["value"] = threshold
+        task_vars = json.loads(json.dumps(task_vars or TASK_VARS))
+        task_vars["threshold"] = {"type": "float", "value": threshold}
         self.peer.load_task(TASK, TEMPLATE, task_vars, template_id="score_transactions")
         wait_for(lambda: self.task.executing and self.task.runner.conn, what="task connected")
         self.n = 0
@@ -216,7 +222,11 @@ def _error_of(answer) -> str:
 
 
 def test_peer_answers_as_the_recorded_kapacitor(tmp_path, influxdb):
-    rig = Rig(tmp_path, influxdb)
+    # the task exactly as it was defined when the answers were recorded
+    recorded_vars = recorded("task-failed")["response"]["vars"]
+    rig = Rig(
+        tmp_path, influxdb, threshold=recorded_vars["threshold"]["value"], task_vars=recorded_vars
+    )
     try:
         peer = rig.peer
         _replay(peer, "ping")
@@ -925,7 +935,7 @@ def test_agent_restart_leaves_nothing_unscored(tmp_path, influxdb):
         time.sleep(2)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
-        assert "tasks connected: score_creditcard/score2" in out
+        assert "until re-enabled: score_creditcard/score2" in out
         time.sleep(1.0)
         procs.append(agent())
         time.sleep(3)
@@ -950,3 +960,30 @@ def test_agent_restart_leaves_nothing_unscored(tmp_path, influxdb):
                 p.send_signal(signal.SIGTERM)
                 p.communicate(timeout=30)
         peer.stop()
+
+
+@pytest.mark.parametrize(
+    "task_file",
+    sorted((ROOT / "tickscripts" / "tasks").glob("score_*.json")),
+    ids=lambda p: p.stem,
+)
+def test_every_shipped_scoring_task_can_be_backfilled_as_shipped(task_file):
+    """The task files exactly as Kapacitor loads them (template defaults included, such
+    as ``var threshold = -1.0``): the supervisor must understand each one."""
+    from udf_agent.supervise.tickscript import backfill_script, read_scoring_task
+
+    spec = json.loads(task_file.read_text())
+    template = (ROOT / "tickscripts" / "templates" / f"{spec['template-id']}.tick").read_text()
+    task = {
+        "id": task_file.stem,
+        "type": "stream",
+        "script": template,
+        "vars": spec["vars"],
+        "template-id": spec["template-id"],
+    }
+    info = read_scoring_task(task, {"score", "score_batch"})
+    assert info is not None and not info.unsupported, info
+    assert info.out_measurement == "transactions_scored" and info.model
+    script = backfill_script(info, batch_udf="score_batch", start_ns=1, chunk_ns=10**9)
+    # the same options, the card's threshold (the template's -1.0) included
+    assert "@score_batch()" in script and "var threshold = -1.0" in script

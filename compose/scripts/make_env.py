@@ -72,6 +72,12 @@ VARIABLES: tuple[Variable, ...] = (
         default="chronograf",
     ),
     Variable(name="INFLUXDB_CHRONOGRAF_USER_PASSWORD", help="its password", generate=_token()),
+    Variable(
+        name="INFLUXDB_SUPERVISOR_USER",
+        help="InfluxDB user reading and writing `fraud` (the task supervisor)",
+        default="supervisor",
+    ),
+    Variable(name="INFLUXDB_SUPERVISOR_USER_PASSWORD", help="its password", generate=_token()),
     Variable(name="GRAFANA_ADMIN_USER", help="Grafana admin login", default="admin"),
     Variable(name="GRAFANA_ADMIN_PASSWORD", help="Grafana admin password", generate=_token()),
     Variable(

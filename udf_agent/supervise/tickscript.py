@@ -308,6 +308,13 @@ class _Scope:
         self.task_vars = task_vars
 
     def value(self, tokens: list[Token], what: str) -> Any:
+        if (
+            len(tokens) == 2
+            and tokens[0].kind == "op"
+            and tokens[0].text == "-"
+            and tokens[1].kind in ("number", "duration")
+        ):
+            return -_literal(tokens[1])  # a negative literal (``var threshold = -1.0``)
         if len(tokens) != 1:
             raise ScriptError(f"{what} is an expression; only a literal or a var is understood")
         tok = tokens[0]
