@@ -49,6 +49,23 @@ def require_module(name: str):
         require(False, f"Python module {name!r}")
 
 
+#: how long a test waits for something that should happen at once: generous on purpose,
+#: because the suite must pass on a busy 2-core machine (a wait ends as soon as it can)
+WAIT = 60.0
+
+
+def eventually(check, timeout: float = WAIT, what: str = "condition", interval: float = 0.01):
+    """Poll ``check()`` until it returns a true value (returned); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

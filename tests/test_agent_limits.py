@@ -20,6 +20,7 @@ from agent_helpers import (
     req,
     row_point,
 )
+from conftest import WAIT, eventually
 
 from models import contract
 from models.backends import SklearnBackend
@@ -27,8 +28,6 @@ from models.registry import Registry
 from udf_agent.protocol import messages as pb
 from udf_agent.protocol.codec import encode_frame
 from udf_agent.server import AgentConfig, AgentServer
-
-WAIT = 60.0  # generous: these tests run on busy 2-core machines
 
 
 @pytest.fixture(autouse=True)
@@ -56,11 +55,7 @@ def _metric(server: AgentServer, name: str, labels: dict | None = None) -> float
 
 
 def _eventually(check, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
+    eventually(check, timeout)
 
 
 def _point_frames(n: int, start: int = 0, seed: int = 3) -> list[bytes]:

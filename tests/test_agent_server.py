@@ -26,6 +26,7 @@ from agent_helpers import (
     train_tiny,
     unframe,
 )
+from conftest import WAIT, eventually
 from prometheus_client import generate_latest
 
 from models import contract
@@ -73,13 +74,9 @@ def _rows(n: int, seed: int = 7) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, len(contract.FEATURES)))
 
 
-def _eventually(check, timeout: float = 60.0) -> None:
+def _eventually(check, timeout: float = WAIT) -> None:
     """Counters are bumped right after the write, so a reader may see the data first."""
-    deadline = time.time() + timeout
-    while not check():
-        if time.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
+    eventually(check, timeout)
 
 
 def _metric(server: AgentServer, name: str, labels: dict | None = None) -> float:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import WAIT, eventually
 from es_peer import ElasticsearchPeer, alert_bodies, synthetic_alert
 from werkzeug.serving import make_server
 
@@ -26,13 +27,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BODIES = alert_bodies()
 
 
-def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_until(condition, timeout: float = WAIT, what: str = "condition") -> None:
+    eventually(condition, timeout, what, interval=0.02)
 
 
 class RunningSink:

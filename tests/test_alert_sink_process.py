@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import free_port
+from conftest import WAIT, eventually, free_port
 from es_peer import ElasticsearchPeer, synthetic_alert
 
 from alert_sink.payload import parse_alert
@@ -22,13 +22,8 @@ TOKEN = "pr0cess-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
 
-def wait_until(condition, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_until(condition, timeout: float = WAIT, what: str = "condition") -> None:
+    eventually(condition, timeout, what, interval=0.05)
 
 
 class SinkProcess:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from agent_helpers import register_tiny
-from conftest import free_port
+from conftest import WAIT, eventually, free_port
 from kapacitor_peer import KapacitorPeer
 
 from models.registry import Registry
@@ -58,14 +58,8 @@ def recorded(name: str) -> dict:
     return json.loads((RECORDED / f"{name}.json").read_text())
 
 
-def wait_for(cond, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.01)
-    pytest.fail(f"timed out waiting for {what}")
+def wait_for(cond, timeout: float = WAIT, what: str = "condition"):
+    return eventually(cond, timeout, what)
 
 
 class Rig:
