@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,26 @@ class SlowBackend(SklearnBackend):
         return super()._score(X)
 
 
+class GateBackend(SklearnBackend):
+    """scikit-learn backend whose calls wait until the test opens the gate: a model call
+    that is provably still running, with no timing involved."""
+
+    entered = threading.Event()
+    gate = threading.Event()
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.entered, cls.gate = threading.Event(), threading.Event()
+
+    def _score(self, X):
+        type(self).entered.set()
+        if not type(self).gate.wait(120):
+            raise RuntimeError("the test never opened the gate")
+        return super()._score(X)
+
+
 #: backend kinds that only tests have, by card framework (see ``factory_with_test_kinds``)
-TEST_KINDS: dict[str, object] = {"slow": SlowBackend.from_card}
+TEST_KINDS: dict[str, object] = {"slow": SlowBackend.from_card, "gate": GateBackend.from_card}
 
 
 def factory_with_test_kinds(**extra: object) -> BackendFactory:

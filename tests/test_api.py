@@ -528,7 +528,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> No
 
 
 def test_cli_serves_and_stops_on_sigterm(registry_dir, estimators):
-    from conftest import free_port
+    from conftest import eventually, free_port
 
     port = free_port()
     env = {**os.environ, "API_MODEL": MODEL, "API_MAX_BATCH": "3", "PYTHONPATH": str(REPO_ROOT)}
@@ -555,10 +555,16 @@ def test_cli_serves_and_stops_on_sigterm(registry_dir, estimators):
         r = requests.post(f"{url}/v1/predict", json=records(X4), timeout=5)
         assert r.status_code == 422 and "maximum of 3" in r.json()["problems"][0]["message"]
         Registry(registry_dir).promote(MODEL, "2", "production")
-        time.sleep(0.6)  # the CLI's default reload interval is 0.5 s
-        assert (
-            requests.post(f"{url}/v1/predict", json=records(X), timeout=5).json()["model_version"]
-            == "2"
+        # the CLI's default reload interval is 0.5 s: a later request sees the new version
+        eventually(
+            lambda: (
+                requests.post(f"{url}/v1/predict", json=records(X), timeout=30).json()[
+                    "model_version"
+                ]
+                == "2"
+            ),
+            what="the promoted version",
+            interval=0.2,
         )
     finally:
         proc.send_signal(signal.SIGTERM)

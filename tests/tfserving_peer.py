@@ -113,6 +113,8 @@ class TFServingPeer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def reset(self) -> None:
         with self._lock:
+            self._released.set()  # wake handlers still stalled by a previous test
+            self._released = threading.Event()
             self.stall = 0.0
             self.fail_code = None
             self.labels = dict(self._initial_labels)
