@@ -17,6 +17,8 @@ from udf_agent.protocol import messages as pb
 from udf_agent.protocol.codec import encode_frame
 from udf_agent.server import AgentConfig, AgentServer
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):

@@ -91,6 +91,7 @@ def _write_until_blocked(sock: socket.socket, data: bytes, on_tick) -> int:
     return sent
 
 
+@pytest.mark.slow
 def test_a_peer_that_writes_without_reading_is_held_at_the_bound(tmp_path, registry):
     """The reader stops reading at the in-flight bound, so the peer's writes block; the
     agent never holds more than the bound plus one read. Then every point comes back
@@ -129,6 +130,7 @@ def test_a_peer_that_writes_without_reading_is_held_at_the_bound(tmp_path, regis
         srv.stop()
 
 
+@pytest.mark.slow
 def test_the_total_bound_is_shared_by_every_connection(tmp_path, registry):
     srv = _server(tmp_path, registry, max_inflight=4096, max_inflight_total=300, write_timeout=300)
     try:
@@ -150,6 +152,7 @@ def test_the_total_bound_is_shared_by_every_connection(tmp_path, registry):
         srv.stop()
 
 
+@pytest.mark.slow
 def test_a_peer_that_never_reads_is_disconnected_after_the_write_timeout(tmp_path, registry):
     srv = _server(tmp_path, registry, max_inflight=512, write_timeout=1.0)
     try:
@@ -187,6 +190,7 @@ def test_connections_over_the_limit_are_refused_with_a_reason(tmp_path, registry
         srv.stop()
 
 
+@pytest.mark.slow
 def test_a_connection_that_never_completes_init_is_closed(tmp_path, registry):
     srv = _server(tmp_path, registry, init_timeout=0.5)
     try:
@@ -205,6 +209,7 @@ def test_a_connection_that_never_completes_init_is_closed(tmp_path, registry):
         srv.stop()
 
 
+@pytest.mark.slow
 def test_stop_ends_in_bounded_time_and_passes_on_what_it_could_not_score(tmp_path):
     reg = Registry(tmp_path / "registry")
     register_tiny(reg, framework="slow")

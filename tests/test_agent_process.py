@@ -19,6 +19,8 @@ from models import contract
 from models.registry import Registry
 from udf_agent.protocol import messages as pb
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True)
 def _close_clients():

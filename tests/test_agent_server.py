@@ -535,6 +535,7 @@ def test_warn_throttle_reports_how_many_it_held_back(caplog):
     ]
 
 
+@pytest.mark.slow
 def test_many_concurrent_connections_are_independent(server):
     X = _rows(300, seed=23)
     rows = [dict(zip(contract.FEATURES, r), txn_id=f"c{i}", Class=i % 2) for i, r in enumerate(X)]
@@ -778,6 +779,7 @@ def test_init_request_helper_types():
     ]
 
 
+@pytest.mark.slow
 def test_backlog_age_counts_from_when_a_micro_batch_is_complete(tmp_path, registry):
     """The micro-batching window the task asked for is not backlog: a point held for a
     .maxDelay() longer than --max-backlog-age is scored, not passed on unscored."""
@@ -807,6 +809,7 @@ def test_backlog_age_counts_from_when_a_micro_batch_is_complete(tmp_path, regist
         assert _metric(srv, "udf_agent_errors_total", {"reason": "backlog_timeout"}) == 2
 
 
+@pytest.mark.slow
 def test_points_received_before_a_re_init_keep_the_old_options(server, registry):
     register_tiny(registry, "slowmodel", framework="slow")
     SlowBackend.calls, SlowBackend.delay, SlowBackend.fail = [], 0.5, False

@@ -146,6 +146,7 @@ class _FakeKibana(BaseHTTPRequestHandler):
         self._reply(200, {"success": True, "successCount": len(objects), "errors": []})
 
 
+@pytest.mark.slow
 def test_import_script_posts_the_objects_to_kibana():
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")

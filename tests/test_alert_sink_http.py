@@ -22,6 +22,8 @@ from alert_sink.payload import parse_alert
 from alert_sink.storage import encode_cursor
 from models.contract import ALERT_DOC_FIELDS, ALERT_INDEX
 
+pytestmark = pytest.mark.slow
+
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BODIES = alert_bodies()

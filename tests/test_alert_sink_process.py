@@ -17,6 +17,8 @@ from es_peer import ElasticsearchPeer, synthetic_alert
 
 from alert_sink.payload import parse_alert
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "pr0cess-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}

@@ -112,6 +112,7 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
 
 
 # -- predictions ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_single_record_scores_equal_the_model(shared_url, session, estimators):
     X, _ = make_data(99, n=1)
     body = {**records(X)[0], "txn_id": "t-0001"}
@@ -252,6 +253,7 @@ def test_models_unknown_is_404(shared_url, session, path, params):
     assert ErrorSchema().validate(r.json()) == {}
 
 
+@pytest.mark.slow
 def test_health_and_metrics(registry_dir, session):
     app = create_app(ApiConfig(registry=registry_dir, model=MODEL))
     with serve(app) as url:
@@ -294,6 +296,7 @@ def test_metrics_are_per_app(registry_dir):
 
 
 # -- hot reload -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_hot_reload_on_promotion(registry_dir, session, estimators):
     app = create_app(ApiConfig(registry=registry_dir, model=MODEL, reload_interval=0))
     X, _ = make_data(11, n=10)
@@ -339,6 +342,7 @@ def test_alias_file_is_checked_at_most_every_interval(registry_dir):
     service.close()
 
 
+@pytest.mark.slow
 def test_failed_promotion_keeps_old_version_and_shows_in_health(registry_dir, session, estimators):
     reg = Registry(registry_dir)
     card = reg.register(MODEL, estimators["2"], features=FEATURES, threshold=0.5)  # v3
@@ -374,6 +378,7 @@ def test_failed_promotion_keeps_old_version_and_shows_in_health(registry_dir, se
     )
 
 
+@pytest.mark.slow
 def test_tampered_only_version_gives_503_until_fixed(registry_dir, session):
     reg = Registry(registry_dir)
     artifact = reg.artifact_path(reg.card(MODEL, "1"))
@@ -399,6 +404,7 @@ def test_tampered_only_version_gives_503_until_fixed(registry_dir, session):
         assert r.status_code == 200 and r.json()["model_version"] == "1"
 
 
+@pytest.mark.slow
 def test_missing_registry_answers_503_not_500(tmp_path, session):
     app = create_app(ApiConfig(registry=tmp_path / "empty", model=MODEL))
     with serve(app) as url:
@@ -423,6 +429,7 @@ def _url_map_operations(app) -> set[tuple[str, str]]:
     return ops
 
 
+@pytest.mark.slow
 def test_openapi_document_is_valid_and_covers_every_route(base_registry):
     app = create_app(ApiConfig(registry=base_registry, model=MODEL))
     with serve(app) as url:
@@ -469,6 +476,7 @@ def test_docs_page_is_served_and_points_at_the_spec(shared_url, session):
         assert got.status_code == 200 and len(got.content) > 1000, asset
 
 
+@pytest.mark.slow
 def test_docs_page_can_load_swagger_ui_from_another_url(base_registry):
     app = create_app(
         ApiConfig(
@@ -527,6 +535,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> No
     raise AssertionError("server did not become healthy")
 
 
+@pytest.mark.slow
 def test_cli_serves_and_stops_on_sigterm(registry_dir, estimators):
     from conftest import eventually, free_port
 
@@ -580,6 +589,7 @@ def test_cli_serves_and_stops_on_sigterm(registry_dir, estimators):
     assert "event=stopped" in log
 
 
+@pytest.mark.slow
 def test_gunicorn_reads_registry_from_env(registry_dir):
     gunicorn = Path(sys.executable).with_name("gunicorn")
     if not gunicorn.exists():
@@ -629,6 +639,7 @@ def test_gunicorn_reads_registry_from_env(registry_dir):
     assert "logger=api.app event=app_created" in err.decode()
 
 
+@pytest.mark.slow
 def test_concurrent_requests_during_promotions_all_succeed(registry_dir, estimators):
     app = create_app(ApiConfig(registry=registry_dir, model=MODEL, reload_interval=0))
     X, _ = make_data(31, n=8)

@@ -258,6 +258,7 @@ def _check_answer(r) -> None:
 
 @PROPERTY_SETTINGS
 @given(value=json_values)
+@pytest.mark.slow
 def test_any_json_value_never_500(session, url, value):
     # allow_nan=True: NaN/Infinity literals must come back as 400, not crash.
     _check_answer(post_json_text(session, url, json.dumps(value, allow_nan=True)))
@@ -265,12 +266,14 @@ def test_any_json_value_never_500(session, url, value):
 
 @PROPERTY_SETTINGS
 @given(body=record_like | st.lists(record_like | json_values, max_size=5))
+@pytest.mark.slow
 def test_random_records_never_500(session, url, body):
     _check_answer(post_json_text(session, url, json.dumps(body, allow_nan=True)))
 
 
 @PROPERTY_SETTINGS
 @given(body=near_valid | st.lists(near_valid, min_size=1, max_size=4))
+@pytest.mark.slow
 def test_nearly_valid_records_name_each_bad_field(session, url, body):
     r = post_json_text(session, url, json.dumps(body, allow_nan=True))
     _check_answer(r)
@@ -291,6 +294,7 @@ def test_nearly_valid_records_name_each_bad_field(session, url, body):
 
 @PROPERTY_SETTINGS
 @given(raw=st.binary(max_size=64))
+@pytest.mark.slow
 def test_raw_bytes_never_500(session, url, raw):
     r = post_json_text(session, url, raw)
     assert r.status_code < 500, r.text
@@ -308,6 +312,7 @@ def test_raw_bytes_never_500(session, url, raw):
         max_size=MAX_BATCH,
     )
 )
+@pytest.mark.slow
 def test_valid_records_always_scored_like_the_model(session, url, estimator, rows):
     body = [dict(zip(FEATURES, row, strict=True)) for row in rows]
     r = session.post(url, json=body, timeout=10)

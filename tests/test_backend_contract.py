@@ -73,7 +73,14 @@ def _tf_case(tf_served, kind: str) -> Case:
     )
 
 
-KINDS = ["sklearn", "savedmodel", "tfserving-grpc", "tfserving-rest"]
+#: the TF backends need TensorFlow and a trained Keras model (the module's tf_served)
+KINDS = [
+    "sklearn",
+    *(
+        pytest.param(k, marks=[pytest.mark.slow, pytest.mark.tf])
+        for k in ("savedmodel", "tfserving-grpc", "tfserving-rest")
+    ),
+]
 
 
 @pytest.fixture(params=KINDS)

@@ -97,6 +97,7 @@ def _compose(*args: str, env_file: Path | None) -> subprocess.CompletedProcess:
 # --- docker-compose itself -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_docker_compose_config_accepts_the_stack(env_file):
     result = _compose("config", env_file=env_file)
     assert result.returncode == 0, result.stderr
@@ -109,6 +110,7 @@ def test_docker_compose_config_accepts_the_stack(env_file):
     assert "${" not in result.stdout
 
 
+@pytest.mark.slow
 def test_docker_compose_config_fails_loudly_without_env(tmp_path):
     empty = tmp_path / "empty.env"
     empty.write_text("# nothing\n", encoding="utf-8")
@@ -495,6 +497,7 @@ def test_model_volumes_are_shared(services):
     assert services["api"]["environment"]["API_REGISTRY"] == registry
 
 
+@pytest.mark.slow
 def test_api_runs_gunicorn_with_the_project_config_on_the_published_port(services):
     api = services["api"]
     assert _flag(api["command"], "-c") == "python:api.gunicorn_conf"

@@ -81,6 +81,7 @@ def test_make_env_links_the_file_next_to_the_compose_file(tmp_path):
 # --- a real HTTP peer ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_smoke_check_passes_on_a_healthy_answer_and_sends_credentials(http_peer):
     port, handler = http_peer
     handler.routes["/_cluster/health"] = (200, json.dumps({"status": "yellow"}).encode())
@@ -107,6 +108,7 @@ def test_smoke_check_passes_on_a_healthy_answer_and_sends_credentials(http_peer)
         ("/health", (200, b"not json"), "_kibana", "unexpected body"),
     ],
 )  # fmt: skip
+@pytest.mark.slow
 def test_smoke_check_reports_unhealthy_answers(http_peer, route, answer, verify, problem):
     port, handler = http_peer
     handler.routes[route] = answer
@@ -138,6 +140,7 @@ def test_smoke_main_needs_the_env_file(tmp_path, capsys):
 # --- container healthcheck -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_healthcheck_http(http_peer, capsys):
     port, handler = http_peer
     handler.routes["/health"] = (200, b"{}")
@@ -240,6 +243,7 @@ def _as(url: str, user: str, password: str, path: str, q: str | None = None, bod
 
 
 @pytest.mark.influxdb
+@pytest.mark.slow
 def test_influxdb_setup_gives_each_user_only_its_rights(tmp_path):
     bash = require_binary("bash")
     require_binary("curl")
@@ -313,6 +317,7 @@ def test_influxdb_setup_gives_each_user_only_its_rights(tmp_path):
 ES_SETUP = SCRIPTS.parent / "elasticsearch" / "setup.sh"
 
 
+@pytest.mark.slow
 def test_elasticsearch_setup_creates_least_privilege_users(tmp_path):
     import base64
     import threading

@@ -18,6 +18,8 @@ import psutil
 import pytest
 from conftest import free_port, require_binary
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

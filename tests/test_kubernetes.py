@@ -182,6 +182,7 @@ def _validation_versions() -> list[str]:
 
 
 @pytest.mark.parametrize("which", ["current", "previous"])
+@pytest.mark.slow
 def test_every_object_validates_against_the_kubernetes_schemas(rendered, which):
     import kubernetes_validate
 
@@ -778,6 +779,7 @@ def influxd(tmp_path):
 
 
 @pytest.mark.influxdb
+@pytest.mark.slow
 def test_subscription_script_creates_keeps_and_updates_one_any_subscription(influxd):
     pattern = "http://kapacitor-{i}.kapacitor:9092"
     first = _run_script(influxd.url, 2, pattern)
@@ -822,6 +824,7 @@ class _WriteCounter(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.mark.influxdb
+@pytest.mark.slow
 def test_influxdb_any_mode_spreads_writes_and_skips_a_replica_that_is_down(influxd):
     port = free_port()
     handler = type(

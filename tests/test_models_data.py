@@ -79,6 +79,7 @@ def test_time_split_is_ordered(small):
     assert all(p["Class"].sum() > 0 for p in s)
 
 
+@pytest.mark.slow
 def test_prepare_splits_writes_files_and_prefers_creditcard_csv(tmp_path):
     s = prepare_splits(tmp_path, synthetic_rows=3000, seed=1)
     for name, part in zip(("train", "validation", "test"), s, strict=True):

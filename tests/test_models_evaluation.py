@@ -118,6 +118,7 @@ def test_markdown_table():
     assert md.splitlines() == ["| a | b | c |", "| --- | --- | --- |", "| 1 | 0.1235 | x/y |"]
 
 
+@pytest.mark.slow
 def test_plots_are_png(tmp_path, rng):
     y = (rng.random(500) < 0.1).astype(int)
     s = np.clip(rng.normal(0.3 + 0.3 * y, 0.2), 0, 1)

@@ -42,6 +42,7 @@ def _rows(a: np.ndarray) -> set[bytes]:
     return {r.tobytes() for r in np.ascontiguousarray(a)}
 
 
+@pytest.mark.slow
 def test_resampler_sees_only_training_folds(splits):
     X, y = X_y(splits.train)
     RecordingSMOTE.seen = []
@@ -95,6 +96,7 @@ def test_fitting_is_deterministic_by_seed(splits):
     np.testing.assert_allclose(a.predict_proba(Xv), b.predict_proba(Xv), rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_tune_reports_progress_and_is_reproducible(splits):
     X, y = X_y(splits.train)
     runs = []
@@ -133,6 +135,7 @@ def test_tune_without_space_keeps_defaults(splits):
 
 
 @pytest.mark.parametrize("name", ["bagging", "boosting", "stacking", "voting", "mlp_smote", "hgb"])
+@pytest.mark.slow
 def test_ensembles_and_models_fit_and_rank(name, splits):
     X, y = X_y(splits.train)
     Xt, yt = X_y(splits.test)

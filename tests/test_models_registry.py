@@ -100,6 +100,7 @@ def test_promote_and_resolve(reg):
     assert reg.resolve("creditcard", "latest") == "2"
 
 
+@pytest.mark.slow
 def test_alias_rewrite_is_atomic_under_concurrent_readers(reg):
     reg.promote("creditcard", "1", "production")
     errors: list[BaseException] = []
@@ -127,6 +128,7 @@ def test_alias_rewrite_is_atomic_under_concurrent_readers(reg):
     assert not [p for p in (reg.root / "creditcard").iterdir() if p.name.startswith(".aliases")]
 
 
+@pytest.mark.slow
 def test_concurrent_promotions_of_different_aliases_keep_each_other(reg):
     aliases = ("production", "challenger", "staging")
 

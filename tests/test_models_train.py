@@ -21,6 +21,8 @@ from models.errors import TrainingError
 from models.registry import Registry
 from models.train import TABLE_COLUMNS, TrainConfig, train
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

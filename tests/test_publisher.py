@@ -181,6 +181,7 @@ def test_bad_environment_number_is_a_usage_error_naming_the_flag(var, flag, caps
     assert f"argument {flag}: invalid" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_flag_values(sample_csv):
     path, _ = sample_csv
     r = run_cli("--influx-url", "http://127.0.0.1:1", "--csv", str(path), "--batch-size", "0")
@@ -188,12 +189,14 @@ def test_cli_reports_bad_flag_values(sample_csv):
     assert "--batch-size must be >= 1" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_reports_missing_csv(tmp_path):
     r = run_cli("--influx-url", "http://127.0.0.1:1", "--csv", str(tmp_path / "x.csv"))
     assert r.returncode == 2
     assert "python -m models split" in r.stderr
 
 
+@pytest.mark.slow
 def test_unreachable_influxdb_is_a_clear_error(sample_csv):
     path, _ = sample_csv
     url = f"http://127.0.0.1:{free_port()}"
@@ -206,6 +209,7 @@ def test_unreachable_influxdb_is_a_clear_error(sample_csv):
 
 
 @pytest.mark.influxdb
+@pytest.mark.slow
 def test_values_read_back_exactly(influxdb, sample_csv):
     path, df = sample_csv
     cfg = PublisherConfig(
@@ -243,6 +247,7 @@ def test_values_read_back_exactly(influxdb, sample_csv):
 
 
 @pytest.mark.influxdb
+@pytest.mark.slow
 def test_random_mode_draws_samples_and_never_collides(influxdb, sample_csv):
     path, df = sample_csv
     n = 3000  # more points than rows: samples repeat, timestamps must not
@@ -261,6 +266,7 @@ def test_random_mode_draws_samples_and_never_collides(influxdb, sample_csv):
 
 @pytest.mark.influxdb
 @pytest.mark.parametrize("jitter", [0.0, 0.8])
+@pytest.mark.slow
 def test_rate_is_held(influxdb, sample_csv, jitter):
     path, _ = sample_csv
     rate, n = 400.0, 1000  # 2.5 s
@@ -294,6 +300,7 @@ def _count_or_zero(influxdb) -> int:
 
 
 @pytest.mark.influxdb
+@pytest.mark.slow
 def test_zero_loss_across_influxdb_restart(influxdb, sample_csv):
     path, df = sample_csv
     n = 1200
@@ -326,6 +333,7 @@ def test_zero_loss_across_influxdb_restart(influxdb, sample_csv):
 
 
 @pytest.mark.influxdb
+@pytest.mark.slow
 def test_back_pressure_waits_instead_of_dropping(influxdb, sample_csv):
     path, _ = sample_csv
     influxdb.stop()
@@ -358,6 +366,7 @@ def test_back_pressure_waits_instead_of_dropping(influxdb, sample_csv):
 
 
 @pytest.mark.influxdb
+@pytest.mark.slow
 def test_sigterm_flushes_partial_batch(influxdb, sample_csv):
     path, _ = sample_csv
     proc = subprocess.Popen(
@@ -393,6 +402,7 @@ def test_sigterm_flushes_partial_batch(influxdb, sample_csv):
 
 
 @pytest.mark.influxdb
+@pytest.mark.slow
 def test_bad_credentials_are_reported_not_retried(tmp_path, sample_csv):
     path, _ = sample_csv
     with InfluxDBServer(
@@ -414,6 +424,7 @@ def test_bad_credentials_are_reported_not_retried(tmp_path, sample_csv):
 
 
 @pytest.mark.influxdb
+@pytest.mark.slow
 def test_a_write_only_user_publishes_into_the_existing_database(tmp_path, sample_csv):
     # the compose stack's publisher account: WRITE on the database, no admin, no read
     path, _ = sample_csv
@@ -437,6 +448,7 @@ def test_a_write_only_user_publishes_into_the_existing_database(tmp_path, sample
 
 
 @pytest.mark.influxdb
+@pytest.mark.slow
 def test_rejected_points_stop_the_run_with_the_reason(influxdb, sample_csv):
     path, _ = sample_csv
     influxdb.create_database(DB)
@@ -470,6 +482,7 @@ def _run_in_thread(pub: Publisher) -> tuple[threading.Thread, list]:
     return t, results
 
 
+@pytest.mark.slow
 def test_stop_during_an_outage_with_a_full_buffer_ends_within_the_shutdown_timeout(sample_csv):
     path, _ = sample_csv
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens: InfluxDB is down

@@ -178,6 +178,7 @@ def test_the_agent_refuses_an_unsigned_card_at_init(tmp_path):
         srv.stop()
 
 
+@pytest.mark.slow
 def test_the_api_and_evaluate_refuse_an_escaping_artifact(tmp_path, evil, monkeypatch):
     from api.app import create_app
     from api.config import ApiConfig

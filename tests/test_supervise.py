@@ -483,6 +483,7 @@ def test_kapacitor_unreachable_is_counted_and_backed_off():
     assert metrics.errors.labels("kapacitor")._value.get() == 4
 
 
+@pytest.mark.slow
 def test_the_task_list_is_read_page_by_page():
     with KapacitorPeer() as peer:
         for i in range(230):
@@ -693,6 +694,7 @@ def test_an_operator_can_backfill_any_range_from_the_command_line(influx_rig):
     assert [e["points"] for e in events if e["event"] == "backfilled"] == [12]
 
 
+@pytest.mark.slow
 def test_gap_start_is_just_after_the_last_point_the_model_scored(influxdb):
     influxdb.create_database("fraud")
     t0 = time.time_ns() - 60 * 10**9
@@ -851,6 +853,7 @@ def _metrics(port: int) -> str | None:
         return None
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_numbers_naming_the_flag():
     env = dict(os.environ, UDF_SUPERVISOR_POLL_INTERVAL="soon")
     r = subprocess.run(

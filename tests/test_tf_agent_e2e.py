@@ -20,7 +20,7 @@ from udf_agent.protocol import messages as pb
 from udf_agent.replay import build_payloads, run_replay
 from udf_agent.server import AgentConfig, AgentServer
 
-pytestmark = pytest.mark.tf
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

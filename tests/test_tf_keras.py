@@ -12,7 +12,7 @@ from conftest import require_module
 
 from models.registry import ChecksumMismatch, Registry, sha256_path
 
-pytestmark = pytest.mark.tf
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from models.backends.tfserving import (
 from models.errors import BackendUnavailable, CircuitOpen, SignatureMismatch
 from models.registry import ModelCard
 
-pytestmark = pytest.mark.tf
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 
 @pytest.fixture

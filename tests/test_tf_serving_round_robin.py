@@ -15,7 +15,7 @@ import pytest
 
 from models.backends.tfserving import GrpcTransport, TFServingBackend, TFServingConfig
 
-pytestmark = pytest.mark.tf
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 CALLS = 40
 

@@ -931,6 +931,7 @@ def test_entrypoint_runs_kapacitor_as_its_user_with_the_socket_group(tmp_path, r
         ({"ALERT_SINK_TOKEN_FILE": "/nonexistent/token"}, "not readable"),
     ],
 )
+@pytest.mark.slow
 def test_entrypoint_refuses_clearly(tmp_path, extra, message):
     r = _run_entry(_entry_env(tmp_path, **extra), "true")
     assert r.returncode == 64
