@@ -215,6 +215,7 @@ def _error_of(answer) -> str:
     return re.sub(r"@->\S+udf\.sock", "@->SOCK", task["error"])
 
 
+@pytest.mark.slow
 def test_peer_answers_as_the_recorded_kapacitor(tmp_path, influxdb):
     # the task exactly as it was defined when the answers were recorded
     recorded_vars = recorded("task-failed")["response"]["vars"]
@@ -320,6 +321,7 @@ def test_kapacitor_times_keep_nanoseconds():
 # -- re-enabling -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_failed_task_is_reenabled_once_the_socket_answers_not_before(rig):
     sup = rig.supervisor(backfill=False)
     rig.fail_task()
@@ -363,6 +365,7 @@ def test_backoff_is_capped_exponential_with_jitter():
     assert len({round(b.delay(3), 6) for _ in range(20)}) > 1  # jittered
 
 
+@pytest.mark.slow
 def test_probes_back_off_while_the_socket_refuses(rig):
     clock = [1000.0]
     probes: list[float] = []
@@ -422,6 +425,7 @@ def test_a_new_socket_file_is_probed_at_once_not_at_the_end_of_the_backoff(rig, 
         listener.close()
 
 
+@pytest.mark.slow
 def test_the_running_supervisor_never_spins(rig):
     rig.fail_task()
     calls = []
@@ -537,6 +541,7 @@ def _run_gap(sup: Supervisor) -> Gap:
     return gap
 
 
+@pytest.mark.slow
 def test_backfill_covers_exactly_the_gap_and_is_idempotent(influx_rig):
     rig, influx = influx_rig, influx_rig.influx
     sup = rig.supervisor()
@@ -594,6 +599,7 @@ def test_backfill_covers_exactly_the_gap_and_is_idempotent(influx_rig):
     assert [e["points"] for e in events if e["event"] == "backfilled"] == [30, 0]
 
 
+@pytest.mark.slow
 def test_a_gap_the_write_drops_is_reported_unscored(influx_rig, monkeypatch):
     # Kapacitor reads every number of a batch query as a float: without the integer
     # casts InfluxDB refuses the writes, and the replay still says "finished"
@@ -607,6 +613,7 @@ def test_a_gap_the_write_drops_is_reported_unscored(influx_rig, monkeypatch):
     assert sup.metrics.backfill_points.labels(TASK)._value.get() == 0
 
 
+@pytest.mark.slow
 def test_a_task_reenabled_by_someone_else_is_still_backfilled(influx_rig):
     rig = influx_rig
     sup = rig.supervisor()
@@ -627,6 +634,7 @@ def test_a_task_reenabled_by_someone_else_is_still_backfilled(influx_rig):
     assert sup.metrics.backfill_points.labels(TASK)._value.get() == 6
 
 
+@pytest.mark.slow
 def test_points_written_while_kapacitor_was_down_are_backfilled(influx_rig):
     rig, influx = influx_rig, influx_rig.influx
     sup = rig.supervisor()
@@ -649,6 +657,7 @@ def test_points_written_while_kapacitor_was_down_are_backfilled(influx_rig):
     assert len(_scored(influx)) == 30 and rig.peer.write_errors == []
 
 
+@pytest.mark.slow
 def test_scores_lost_while_influxdb_was_down_are_written_again(influx_rig):
     rig, influx = influx_rig, influx_rig.influx
     sup = rig.supervisor()
@@ -670,6 +679,7 @@ def test_scores_lost_while_influxdb_was_down_are_written_again(influx_rig):
     assert sup.metrics.backfill_points.labels(TASK)._value.get() == 10
 
 
+@pytest.mark.slow
 def test_an_operator_can_backfill_any_range_from_the_command_line(influx_rig):
     rig, influx = influx_rig, influx_rig.influx
     rig.fail_task()  # no supervisor ran: the task is down and its points unscored
@@ -811,6 +821,7 @@ def test_a_garbled_script_is_an_error_not_a_crash():
 # -- the command line ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_serves_metrics_and_stops_within_5s_on_sigterm_and_sigint(rig, tmp_path):
     rig.fail_task()
     for sig in (signal.SIGTERM, signal.SIGINT):
