@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="optional second socket serving the batch->batch UDF (env UDF_AGENT_BATCH_SOCKET)",
     )
     p.add_argument(
+        "--drift-socket",
+        default=_env("DRIFT_SOCKET"),
+        help="optional socket serving the @drift() UDF: population stability of batches "
+        "against the model card's training distributions (env UDF_AGENT_DRIFT_SOCKET)",
+    )
+    p.add_argument(
         "--registry",
         default=_env("REGISTRY", str(default_registry_root())),
         help="model registry directory (env UDF_AGENT_REGISTRY; default models/registry)",
@@ -195,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         config = AgentConfig(
             socket_path=Path(args.socket),
             batch_socket_path=Path(args.batch_socket) if args.batch_socket else None,
+            drift_socket_path=Path(args.drift_socket) if args.drift_socket else None,
             registry=Path(args.registry),
             socket_mode=mode,
             max_frame_bytes=args.max_frame_bytes,

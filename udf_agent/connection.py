@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 
 from models.provider import ModelProvider
 
+from .drift import DriftSession, drift_info_response, parse_drift_options
 from .errors import MalformedFrame, OptionError, ProtocolError
 from .flow import InflightBudget, adaptive_limit
 from .metrics import AgentMetrics
@@ -53,6 +54,8 @@ class ConnectionConfig:
     """Per-connection limits (seconds, bytes, points)."""
 
     edge: int = pb.STREAM
+    #: which UDF the socket serves: ``score`` (stream or batch edge) or ``drift``
+    kind: str = "score"
     max_frame_bytes: int = 16 * 1024 * 1024
     #: last resort for a backend that hangs: points that waited longer than this are passed
     #: on unscored (score_error); back-pressure keeps normal overload far below it
@@ -292,7 +295,12 @@ class Connection:
             elif kind == "init":
                 self._on_init(req.init)
             elif kind == "info":
-                self._send(_response_frame(info_response(self.config.edge)))
+                info = (
+                    drift_info_response()
+                    if self.config.kind == "drift"
+                    else info_response(self.config.edge)
+                )
+                self._send(_response_frame(info))
             elif kind == "snapshot":
                 self._on_snapshot()
             elif kind == "restore":
@@ -315,7 +323,7 @@ class Connection:
 
     def _chunk_size(self) -> int:
         session = self.session
-        return session.options.max_batch if session is not None else 512
+        return getattr(getattr(session, "options", None), "max_batch", 512)
 
     def _enqueue_unit(self, unit: _Unit) -> None:
         unit.ready = self.config.clock()
@@ -409,10 +417,16 @@ class Connection:
     def _on_init(self, init: Any) -> None:
         resp = pb.Response()
         try:
-            options = parse_init_options(init.options)
-            session = ScoringSession(
-                options, self.provider, metrics=self.metrics, task=init.taskID, node=init.nodeID
-            )
+            if self.config.kind == "drift":
+                options = parse_drift_options(init.options)
+                session = DriftSession(
+                    options, self.provider, metrics=self.metrics, task=init.taskID, node=init.nodeID
+                )
+            else:
+                options = parse_init_options(init.options)
+                session = ScoringSession(
+                    options, self.provider, metrics=self.metrics, task=init.taskID, node=init.nodeID
+                )
         except OptionError as exc:
             resp.init.success = False
             resp.init.error = str(exc)
@@ -428,15 +442,14 @@ class Connection:
             self.task, self.node = init.taskID, init.nodeID
             resp.init.success = True
             log.info(
-                "conn=%d init task=%s node=%s model=%s version=%s threshold=%s maxBatch=%d maxDelay=%gs",
+                "conn=%d init udf=%s task=%s node=%s model=%s version=%s threshold=%s",
                 self.id,
+                self.config.kind,
                 init.taskID,
                 init.nodeID,
                 options.model,
                 session.primary.version,
                 session.threshold,
-                options.max_batch,
-                options.max_delay,
             )
         self._send(_response_frame(resp))
 
@@ -520,6 +533,9 @@ class Connection:
             # The peer cannot be written to: nothing to score for. Counted, not silent.
             self._count_undelivered(n)
             return
+        if isinstance(session, DriftSession):
+            self._write_drift(session, unit)
+            return
         try:
             now = self.config.clock()
             if session is None:
@@ -569,6 +585,18 @@ class Connection:
                 self.task,
                 ", ".join(repr(p) for p in present),
             )
+
+    def _write_drift(self, session: DriftSession, unit: _Unit) -> None:
+        """A ``@drift()`` batch: its points are binned, not passed on; one new point is
+        written at the batch's end (none is lost: the input stays in InfluxDB)."""
+        try:
+            frames = session.consume(unit.points, unit.begin, unit.end)
+        except Exception:  # a bug ends this window only
+            log.exception("conn=%d drift window of %d point(s) failed", self.id, len(unit.points))
+            self.metrics.errors.labels("internal_error").inc()
+            return
+        if frames and self._send(b"".join(frames)):
+            self.metrics.points_out.inc(len(frames))
 
     def _count_undelivered(self, n: int) -> None:
         if n:

@@ -132,6 +132,12 @@ class AgentMetrics:
             ["model", "alias", "version"],
             registry=r,
         )
+        self.drift_windows = Counter(
+            "udf_agent_drift_windows",
+            "Windows judged by @drift(), by model and drift level",
+            ["model", "level"],
+            registry=r,
+        )
         self.reloads = Counter(
             "udf_agent_model_reloads",
             "Alias switches picked up without restart",

@@ -20,6 +20,7 @@ __all__ = [
     "ScoreOptions",
     "info_response",
     "parse_init_options",
+    "read_options",
 ]
 
 #: option name -> positional argument types (``valueTypes`` of InfoResponse)
@@ -96,27 +97,36 @@ def _value(v: Any) -> Any:
     return getattr(v, kind) if kind else None
 
 
-def parse_init_options(options: Any) -> ScoreOptions:
-    """Turn InitRequest.options into ScoreOptions; every problem found is reported at once."""
+def read_options(
+    options: Any, specs: dict[str, tuple[int, ...]], help_text: dict[str, str]
+) -> tuple[dict[str, Any], list[str]]:
+    """The values of InitRequest.options by name, checked against ``specs`` (types and
+    count, each option once), and every problem found."""
     problems: list[str] = []
     values: dict[str, Any] = {}
     for opt in options:
-        spec = OPTION_SPECS.get(opt.name)
+        spec = specs.get(opt.name)
         if spec is None:
             problems.append(
                 f"unknown option .{opt.name}(); known options: "
-                + ", ".join(f".{n}()" for n in OPTION_SPECS)
+                + ", ".join(f".{n}()" for n in specs)
             )
             continue
         if len(opt.values) != len(spec) or any(v.type != t for v, t in zip(opt.values, spec)):
             got = ", ".join(pb.VALUE_TYPE_NAMES.get(v.type, "?") for v in opt.values)
             want = ", ".join(pb.VALUE_TYPE_NAMES[t] for t in spec)
-            problems.append(f".{opt.name}() takes ({want}), got ({got}): {OPTION_HELP[opt.name]}")
+            problems.append(f".{opt.name}() takes ({want}), got ({got}): {help_text[opt.name]}")
             continue
         if opt.name in values:
             problems.append(f".{opt.name}() given more than once")
             continue
         values[opt.name] = _value(opt.values[0])
+    return values, problems
+
+
+def parse_init_options(options: Any) -> ScoreOptions:
+    """Turn InitRequest.options into ScoreOptions; every problem found is reported at once."""
+    values, problems = read_options(options, OPTION_SPECS, OPTION_HELP)
 
     model = values.get("model")
     if not model:

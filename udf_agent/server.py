@@ -37,6 +37,8 @@ class AgentConfig:
 
     socket_path: Path
     batch_socket_path: Path | None = None
+    #: socket of the ``@drift()`` UDF (batch in, one point per batch out)
+    drift_socket_path: Path | None = None
     registry: Path | None = None
     socket_mode: int = 0o660
     max_frame_bytes: int = 16 * 1024 * 1024
@@ -100,9 +102,10 @@ class AgentConfig:
 
 
 class _Listener:
-    def __init__(self, path: Path, edge: int, mode: int) -> None:
+    def __init__(self, path: Path, edge: int, mode: int, kind: str = "score") -> None:
         self.path = Path(path)
         self.edge = edge
+        self.kind = kind
         self.sock = self._bind(mode)
 
     def _bind(self, mode: int) -> socket.socket:
@@ -171,6 +174,10 @@ class AgentServer:
         self._listeners.append(_Listener(cfg.socket_path, pb.STREAM, cfg.socket_mode))
         if cfg.batch_socket_path is not None:
             self._listeners.append(_Listener(cfg.batch_socket_path, pb.BATCH, cfg.socket_mode))
+        if cfg.drift_socket_path is not None:
+            self._listeners.append(
+                _Listener(cfg.drift_socket_path, pb.BATCH, cfg.socket_mode, kind="drift")
+            )
         for lst in self._listeners:
             t = threading.Thread(
                 target=self._accept_loop,
@@ -181,8 +188,9 @@ class AgentServer:
             t.start()
             self._threads.append(t)
             log.info(
-                "listening socket=%s edge=%s mode=%s",
+                "listening socket=%s udf=%s edge=%s mode=%s",
                 lst.path,
+                lst.kind,
                 "batch" if lst.edge else "stream",
                 oct(cfg.socket_mode),
             )
@@ -195,6 +203,7 @@ class AgentServer:
         cfg = self.config
         conn_cfg = ConnectionConfig(
             edge=lst.edge,
+            kind=lst.kind,
             max_frame_bytes=cfg.max_frame_bytes,
             max_backlog_age=cfg.max_backlog_age,
             max_inflight=cfg.max_inflight,
