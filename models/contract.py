@@ -12,6 +12,7 @@ __all__ = [
     "SCORE_ERROR",
     "THRESHOLD",
     "THRESHOLD_CHALLENGER",
+    "TOP_FEATURES",
     "ALERT_DOC_FIELDS",
     "ALERT_INDEX",
     "DATABASE",
@@ -49,8 +50,18 @@ THRESHOLD = "threshold"
 SCORE_CHALLENGER = "score_challenger"
 #: the challenger's decision threshold, written with every score_challenger
 THRESHOLD_CHALLENGER = "threshold_challenger"
+#: the features that pushed an anomalous point's score up the most ("V14:+0.42,V4:+0.18")
+TOP_FEATURES = "top_features"
 SCORE_ERROR = "score_error"
-OUTPUT_FIELDS = [SCORE, IS_ANOMALY, THRESHOLD, SCORE_CHALLENGER, THRESHOLD_CHALLENGER, SCORE_ERROR]
+OUTPUT_FIELDS = [
+    SCORE,
+    IS_ANOMALY,
+    THRESHOLD,
+    SCORE_CHALLENGER,
+    THRESHOLD_CHALLENGER,
+    SCORE_ERROR,
+    TOP_FEATURES,
+]
 MODEL_TAG = "model"
 MODEL_VERSION_TAG = "model_version"
 OUTPUT_TAGS = [MODEL_TAG, MODEL_VERSION_TAG]

@@ -45,7 +45,7 @@ OTHER = "__other__"
 def _numeric_reference(values: np.ndarray, bins: int) -> dict[str, Any]:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
-        return {"type": "numeric", "edges": [], "freq": [1.0]}
+        return {"type": "numeric", "edges": [], "freq": [1.0], "median": 0.0}
     inner = np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1])
     edges = np.unique(inner)  # a feature with few distinct values gets fewer bins
     counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=edges.size + 1)
@@ -53,6 +53,8 @@ def _numeric_reference(values: np.ndarray, bins: int) -> dict[str, Any]:
         "type": "numeric",
         "edges": [float(e) for e in edges],
         "freq": [float(c) for c in counts / counts.sum()],
+        # the typical value, for explanations by occlusion (models.backends.base)
+        "median": float(np.median(finite)),
     }
 
 
@@ -62,10 +64,12 @@ def _categorical_reference(values: Sequence[Any], levels: Sequence[str]) -> dict
     for v in values:
         counts[index.get(str(v), len(levels))] += 1
     total = counts.sum() or 1.0
+    known = counts[:-1]
     return {
         "type": "categorical",
         "levels": list(levels),
         "freq": [float(c) for c in counts / total],
+        "mode": levels[int(np.argmax(known))] if len(levels) else None,
     }
 
 

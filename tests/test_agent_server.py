@@ -561,7 +561,9 @@ def test_many_concurrent_connections_are_independent(server):
         assert r is not None
         assert r.violations == [], r.violations
         assert r.received == 1500 and r.score_errors == 0
-        assert r.added_fields == ["is_anomaly", "score", "threshold"]
+        # top_features: on the anomalous points (some of these, at threshold 0.5)
+        assert r.anomalies > 0
+        assert r.added_fields == ["is_anomaly", "score", "threshold", "top_features"]
         assert r.added_tags == ["model", "model_version"]
 
 

@@ -34,6 +34,7 @@ OPTION_SPECS: dict[str, tuple[int, ...]] = {
     "maxDelay": (pb.DURATION,),
     "backend": (pb.STRING,),
     "fallback": (pb.STRING,),
+    "explain": (pb.INT,),
 }
 
 OPTION_HELP = {
@@ -48,6 +49,8 @@ OPTION_HELP = {
     "maxDelay": "flush a micro-batch after this long, default 5ms",
     "backend": "override the card's backend: 'sklearn' or 'tfserving'",
     "fallback": "alias or version of a local model scoring when the backend fails",
+    "explain": "features named in top_features of an anomalous point (0-10), default 3; "
+    "0 = no explanations",
 }
 
 #: ``.threshold(-1.0)`` means "the model card's threshold". A TICKscript template var needs
@@ -56,6 +59,7 @@ OPTION_HELP = {
 CARD_THRESHOLD = -1.0
 
 MAX_BATCH_LIMIT = 100_000
+MAX_EXPLAIN = 10
 MAX_DELAY_LIMIT_NS = 60 * 1_000_000_000
 
 
@@ -72,6 +76,7 @@ class ScoreOptions:
     max_delay: float = 0.005
     backend: str | None = None
     fallback: str | None = None
+    explain: int = 3
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +146,7 @@ def parse_init_options(options: Any) -> ScoreOptions:
         contract.SCORE_ERROR,
         contract.SCORE_CHALLENGER,
         contract.THRESHOLD_CHALLENGER,
+        contract.TOP_FEATURES,
     )
     if not out_field or out_field in reserved:
         problems.append(f".field({out_field!r}) must be a non-empty name not used by other outputs")
@@ -161,9 +167,13 @@ def parse_init_options(options: Any) -> ScoreOptions:
     backend = values.get("backend")
     if backend is not None and backend not in ("sklearn", "tfserving", "tf"):
         problems.append(f".backend({backend!r}): expected 'sklearn' or 'tfserving'")
+    explain = values.get("explain", 3)
+    if not (0 <= explain <= MAX_EXPLAIN):
+        problems.append(f".explain({explain}) must be between 0 and {MAX_EXPLAIN}")
     if problems:
         raise OptionError("; ".join(problems))
     return ScoreOptions(
+        explain=int(explain),
         model=model,
         version=version,
         field=out_field,

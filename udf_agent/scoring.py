@@ -22,7 +22,7 @@ from .metrics import AgentMetrics
 from .options import ScoreOptions
 from .protocol.codec import PointEncoder
 
-__all__ = ["ScoringSession", "parse_model_ref"]
+__all__ = ["ScoringSession", "format_top_features", "parse_model_ref", "parse_top_features"]
 
 log = logging.getLogger("udf_agent.scoring")
 
@@ -131,6 +131,8 @@ class ScoringSession:
         out = [self.options.field, contract.IS_ANOMALY, contract.THRESHOLD, contract.SCORE_ERROR]
         if self.options.challenger:
             out += [contract.SCORE_CHALLENGER, contract.THRESHOLD_CHALLENGER]
+        if self.options.explain:
+            out.append(contract.TOP_FEATURES)
         return out
 
     def _check_outputs(self) -> None:
@@ -412,7 +414,44 @@ class ScoringSession:
                 )
                 if self.metrics is not None:
                     self.metrics.errors.labels("challenger_failed").inc()
-        return self._encode(points, payloads, scores, errors, used, challenger_scores, challenger)
+        explanations = self._explain(X, scores, errors, used) if self.options.explain else None
+        return self._encode(
+            points, payloads, scores, errors, used, challenger_scores, challenger, explanations
+        )
+
+    def _explain(
+        self, X: np.ndarray, scores: np.ndarray, errors: list[str | None], used: Any
+    ) -> dict[int, str] | None:
+        """``top_features`` of the anomalous points only (so the cost stays small): the
+        features that pushed each score up the most, signed."""
+        threshold = self._threshold(used)
+        rows = [i for i, e in enumerate(errors) if e is None and scores[i] >= threshold]
+        if not rows:
+            return None
+        try:
+            contributions = used.explain(X[rows])
+        except NotImplementedError as exc:
+            self._warn.warning(("explain", used.name, used.version), "no explanations: %s", exc)
+            if self.metrics is not None:
+                self.metrics.errors.labels("explain_unavailable").inc(len(rows))
+            return None
+        except Exception as exc:  # an explanation never costs the point its score
+            self._warn.warning(
+                ("explain_failed", used.name, used.version, type(exc)),
+                "explaining %d point(s) failed model=%s version=%s: %s",
+                len(rows),
+                used.name,
+                used.version,
+                exc,
+            )
+            if self.metrics is not None:
+                self.metrics.errors.labels("explain_failed").inc(len(rows))
+            return None
+        names = used.feature_names
+        out = {}
+        for i, row in zip(rows, np.asarray(contributions, dtype=np.float64), strict=True):
+            out[i] = format_top_features(names, row, self.options.explain)
+        return out
 
     def _score_with_fallback(self, X: np.ndarray) -> tuple[Any, np.ndarray, str | None, list[int]]:
         """(backend used, scores, error reason, indexes of scores that are not
@@ -485,6 +524,7 @@ class ScoringSession:
         used: Any,
         challenger_scores: np.ndarray | None,
         challenger: Any = None,
+        explanations: dict[int, str] | None = None,
     ) -> list[bytes]:
         threshold = self._threshold(used)
         tags = _enc.tag(contract.MODEL_TAG, used.name) + _enc.tag(
@@ -520,6 +560,8 @@ class ScoringSession:
                 )
                 if ch_list is not None and ch_list[i] == ch_list[i]:  # a bad one is left out
                     extra += ch_prefix + pack(ch_list[i])
+                if explanations is not None and explanations.get(i):
+                    extra += _enc.string(contract.TOP_FEATURES, explanations[i])
             else:
                 error_count += 1
                 extra = const + _enc.string(contract.SCORE_ERROR, err)
@@ -540,6 +582,32 @@ class ScoringSession:
 
 
 _PACK = __import__("struct").Struct("<d").pack
+
+
+def _escape_name(name: str) -> str:
+    return name.replace("%", "%25").replace(",", "%2C").replace(":", "%3A")
+
+
+def format_top_features(names: Sequence[str], contributions: np.ndarray, top: int) -> str:
+    """``"V14:+0.42,V4:+0.18"``: the ``top`` features with the largest positive
+    contributions, largest first (``%``, ``,`` and ``:`` in a name are %-escaped)."""
+    order = np.argsort(-contributions, kind="stable")[:top]
+    return ",".join(
+        f"{_escape_name(names[j])}:{contributions[j]:+.3g}"
+        for j in order
+        if contributions[j] > 0 and np.isfinite(contributions[j])
+    )
+
+
+def parse_top_features(text: str) -> list[tuple[str, float]]:
+    """The inverse of :func:`format_top_features`."""
+    from urllib.parse import unquote
+
+    out = []
+    for entry in filter(None, text.split(",")):
+        name, _, value = entry.rpartition(":")
+        out.append((unquote(name), float(value)))
+    return out
 
 
 def _extract(

@@ -128,6 +128,40 @@ class ScoringBackend(abc.ABC):
     def _score(self, X: np.ndarray) -> Any:
         """Scores of a checked, non-empty ``(n, n_features)`` float64 batch."""
 
+    # -- explanations (optional) ----------------------------------------------------
+    #: how ``explain`` computes contributions (shown to people: "linear", "occlusion"…)
+    explain_method = "occlusion"
+
+    def explain(self, X: Any) -> np.ndarray:
+        """Signed contribution of each feature to each row's score, shape ``(n, k)``:
+        positive pushed the score up. This default works for any backend: the score drop
+        when a feature is replaced by its typical training value (the card's reference
+        median, or most frequent level), one batched call for all rows and features.
+        Raises NotImplementedError when the card holds no reference values."""
+        reference = (self.card.data.get("reference") or {}).get("features") or {}
+        names = self.card.features
+        typical = []
+        for f in names:
+            ref = reference.get(f) or {}
+            value = ref.get("mode") if ref.get("type") == "categorical" else ref.get("median")
+            if value is None:
+                raise NotImplementedError(
+                    f"{self!r}: its card records no typical value of {f!r} (train the model "
+                    "again to record reference distributions)"
+                )
+            typical.append(value)
+        X = np.asarray(X, dtype=object if self._categorical else np.float64)
+        n, k = X.shape
+        if n == 0:
+            return np.empty((0, k))
+        base = self.score(X)
+        # row r, feature j occluded -> row r * k + j of one batch
+        occluded = np.repeat(X, k, axis=0)
+        for j, value in enumerate(typical):
+            occluded[j::k, j] = value
+        scores = self.score(occluded).reshape(n, k)
+        return base[:, None] - scores
+
     def close(self) -> None:
         """Release connections or memory; idempotent."""
         if not self._closed:
