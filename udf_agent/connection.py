@@ -135,6 +135,7 @@ class Connection:
         self._stopping = False
         self._stop_deadline: float | None = None
         self._inflight = 0  # guarded by budget.cond
+        self._resume_at: int | None = None  # the waiting reader's low-water mark
         self._rate: float | None = None  # scorer throughput (points/s), EWMA
         self._undelivered = 0
         self._outputs_checked: ScoringSession | None = None
@@ -377,7 +378,13 @@ class Connection:
         with b.cond:
             self._inflight -= n
             b.total -= n
-            b.cond.notify_all()
+            # Wake readers only when they may resume (below their low-water mark): a
+            # wake-up per point written would make reader and scorer trade the GIL.
+            resume = self._resume_at
+            if (resume is not None and self._inflight <= resume) or (
+                b.waiting and b.total <= b.resume_total
+            ):
+                b.cond.notify_all()
 
     def limit(self) -> int:
         """Points this connection may hold now (adapts to the measured scoring rate)."""
@@ -408,9 +415,20 @@ class Connection:
             self._hand_over_batch_chunk()
         started = self.config.clock()
         with b.cond:
-            while self._over(limit) and not (self._stopping or self._broken):
-                b.cond.wait(_WAIT_TICK)
-                limit = self.limit()
+            # Hysteresis: once at the bound, resume at half of it, so the reader reads in
+            # large steps instead of a point at a time.
+            self._resume_at = limit // 2
+            b.waiting += 1
+            try:
+                while not (self._stopping or self._broken) and (
+                    self._inflight > self._resume_at
+                    or (self._inflight > 0 and b.total > b.resume_total)
+                ):
+                    b.cond.wait(_WAIT_TICK)
+                    self._resume_at = self.limit() // 2
+            finally:
+                self._resume_at = None
+                b.waiting -= 1
         self.metrics.backpressure_seconds.inc(self.config.clock() - started)
 
     # -- management ----------------------------------------------------------

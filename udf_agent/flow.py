@@ -26,8 +26,11 @@ class InflightBudget:
         if limit < 1:
             raise ValueError(f"in-flight limit must be at least 1, got {limit}")
         self.limit = limit
+        #: a reader held by the total bound resumes once the total is down to this
+        self.resume_total = (limit * 3) // 4
         self.cond = threading.Condition()
         self.total = 0
+        self.waiting = 0  # readers waiting for room
 
     def add(self, n: int) -> None:
         with self.cond:
@@ -36,7 +39,8 @@ class InflightBudget:
     def release(self, n: int) -> None:
         with self.cond:
             self.total -= n
-            self.cond.notify_all()
+            if self.waiting and self.total <= self.resume_total:
+                self.cond.notify_all()
 
     def __repr__(self) -> str:
         return f"InflightBudget({self.total}/{self.limit})"

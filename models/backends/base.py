@@ -110,6 +110,8 @@ class ScoringBackend(abc.ABC):
             scores = np.asarray(raw, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise InvalidScores(f"{self!r} returned scores that are not numbers: {exc}") from None
+        if n == 1 and scores.shape == (1,) and 0.0 <= scores[0] <= 1.0:
+            return scores  # per-point scoring: the common case without array checks
         if scores.shape != (n,):
             raise InvalidScores(
                 f"{self!r} returned scores of shape {list(scores.shape)} for {n} rows"
