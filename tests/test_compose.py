@@ -266,10 +266,21 @@ def _depends(services, name) -> set[str]:
     return set(services[name].get("depends_on", {}))
 
 
+def _after(services, name) -> set[str]:
+    """Every service started before ``name``: its dependencies and theirs."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for dep in _depends(services, todo.pop()) - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
 def test_start_order(services):
     assert {"influxdb", "udf-agent"} <= _depends(services, "kapacitor")
     assert "kapacitor" in _depends(services, "udf-supervisor")
-    assert "influxdb" in _depends(services, "publisher")
+    assert "influxdb" in _after(services, "publisher")
     for svc in ("udf-agent", "api", "tfserving", "jupyter"):
         assert "model-bootstrap" in _depends(services, svc), svc
     assert "kibana" in _depends(services, "kibana-import")
@@ -277,7 +288,7 @@ def test_start_order(services):
     assert "elasticsearch-setup" in _depends(services, "alert-sink")
     # the services' InfluxDB and Elasticsearch users exist before the services log in
     assert "influxdb" in _depends(services, "influxdb-setup")
-    for svc in ("publisher", "chronograf", "grafana"):
+    for svc in ("publisher", "chronograf", "grafana", "udf-supervisor"):
         assert "influxdb-setup" in _depends(services, svc), svc
     assert "elasticsearch-setup" in _depends(services, "grafana")
 
@@ -377,6 +388,10 @@ def test_each_service_gets_only_its_own_credentials(services):
     assert {n for n, v in got.items() if v & admin} == {"influxdb", "influxdb-setup", "kapacitor"}
     assert {"INFLUXDB_WRITE_USER", "INFLUXDB_WRITE_USER_PASSWORD"} <= got["publisher"]
     assert not got["publisher"] & admin
+    assert got["udf-supervisor"] == {
+        "INFLUXDB_SUPERVISOR_USER",
+        "INFLUXDB_SUPERVISOR_USER_PASSWORD",
+    }
     chronograf = services["chronograf"]["environment"]
     assert chronograf["INFLUXDB_USERNAME"] == "${INFLUXDB_CHRONOGRAF_USER:?run make env}"
     assert got["chronograf"] == {"INFLUXDB_CHRONOGRAF_USER", "INFLUXDB_CHRONOGRAF_USER_PASSWORD"}
@@ -400,6 +415,8 @@ def test_influxdb_setup_grants_the_documented_rights():
         "INFLUXDB_WRITE_USER": {("WRITE", "DATABASE")},
         "INFLUXDB_READ_USER": {("READ", "DATABASE")},
         "INFLUXDB_CHRONOGRAF_USER": {("READ", "DATABASE"), ("READ", "CHRONOGRAF_DATABASE")},
+        # reads a gap, writes udf_events: InfluxDB keeps one privilege per database and user
+        "INFLUXDB_SUPERVISOR_USER": {("ALL", "DATABASE")},
     }
     assert re.search(r"^DATABASE=fraud$", text, re.M) and contract.DATABASE == "fraud"
     result = subprocess.run(["bash", "-n", str(COMPOSE_DIR / "influxdb" / "setup.sh")],
@@ -449,6 +466,8 @@ def test_supervisor_probes_the_agents_sockets_and_reaches_kapacitor_and_influxdb
     assert command[:3] == ["python", "-m", "udf_agent.supervise"]
     assert supervisor["image"] == agent["image"]
     assert _mounts(supervisor)[SOCKET_DIR] == "udf-socket"
+    # it only connects to the sockets, which a read-only mount allows
+    assert f"udf-socket:{SOCKET_DIR}:ro" in supervisor["volumes"]
     # it probes exactly the sockets the agent serves and Kapacitor's UDFs use
     assert _flag(command, "--socket") == _flag(agent["command"], "--socket")
     assert _flag(command, "--batch-socket") == _flag(agent["command"], "--batch-socket")
@@ -465,8 +484,11 @@ def test_supervisor_probes_the_agents_sockets_and_reaches_kapacitor_and_influxdb
     assert _flag(command, "--influx-url") == f"http://influxdb:{influx_port}"
     assert _flag(command, "--events-database") == contract.DATABASE
     env = supervisor["environment"]
-    assert env["UDF_SUPERVISOR_INFLUX_USERNAME"] == "${INFLUXDB_ADMIN_USER:?run make env}"
-    assert env["UDF_SUPERVISOR_INFLUX_PASSWORD"] == "${INFLUXDB_ADMIN_PASSWORD:?run make env}"
+    assert env["UDF_SUPERVISOR_INFLUX_USERNAME"] == "${INFLUXDB_SUPERVISOR_USER:?run make env}"
+    assert (
+        env["UDF_SUPERVISOR_INFLUX_PASSWORD"]
+        == "${INFLUXDB_SUPERVISOR_USER_PASSWORD:?run make env}"
+    )
     # every flag it is given is one the command line knows
     from udf_agent.supervise.__main__ import build_parser
 
