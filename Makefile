@@ -19,7 +19,7 @@ help:
 	@echo "make proto    - regenerate the protocol descriptors from the .proto files"
 	@echo "make notebooks- regenerate the notebooks in notebooks/ from their source"
 	@echo "make generate - regenerate the Kapacitor task files, the Grafana dashboards and the Kubernetes copies"
-	@echo "make env      - write .env with random credentials for the compose stack"
+	@echo "make env      - write .env with random credentials for the compose stack (UPDATE=1: add new ones)"
 	@echo "make smoke    - query every compose service's health on 127.0.0.1"
 	@echo "make k8s-env  - write deploy/kubernetes/base/stack.env (the Kubernetes Secret)"
 
@@ -64,12 +64,13 @@ generate: venv
 	$(BIN)/python compose/scripts/gen_dashboards.py
 	$(BIN)/python deploy/kubernetes/sync_files.py
 
+# FORCE=1 replaces the file; UPDATE=1 adds only the variables it lacks (after an upgrade)
 env:
-	$(PYTHON) compose/scripts/make_env.py $(if $(FORCE),--force,)
+	$(PYTHON) compose/scripts/make_env.py $(if $(FORCE),--force,)$(if $(UPDATE),--add-missing,)
 
 # the same variables as `make env`, for the Kubernetes Secret (docs/kubernetes.md)
 k8s-env:
-	$(PYTHON) compose/scripts/make_env.py --output deploy/kubernetes/base/stack.env --no-link $(if $(FORCE),--force,)
+	$(PYTHON) compose/scripts/make_env.py --output deploy/kubernetes/base/stack.env --no-link $(if $(FORCE),--force,)$(if $(UPDATE),--add-missing,)
 
 smoke:
 	$(PYTHON) compose/scripts/smoke.py

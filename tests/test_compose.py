@@ -97,7 +97,6 @@ def _compose(*args: str, env_file: Path | None) -> subprocess.CompletedProcess:
 # --- docker-compose itself -------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_docker_compose_config_accepts_the_stack(env_file):
     result = _compose("config", env_file=env_file)
     assert result.returncode == 0, result.stderr
@@ -110,7 +109,6 @@ def test_docker_compose_config_accepts_the_stack(env_file):
     assert "${" not in result.stdout
 
 
-@pytest.mark.slow
 def test_docker_compose_config_fails_loudly_without_env(tmp_path):
     empty = tmp_path / "empty.env"
     empty.write_text("# nothing\n", encoding="utf-8")
@@ -268,10 +266,21 @@ def _depends(services, name) -> set[str]:
     return set(services[name].get("depends_on", {}))
 
 
+def _after(services, name) -> set[str]:
+    """Every service started before ``name``: its dependencies and theirs."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for dep in _depends(services, todo.pop()) - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
 def test_start_order(services):
     assert {"influxdb", "udf-agent"} <= _depends(services, "kapacitor")
     assert "kapacitor" in _depends(services, "udf-supervisor")
-    assert "influxdb-setup" in _depends(services, "publisher")
+    assert "influxdb" in _after(services, "publisher")
     for svc in ("udf-agent", "api", "tfserving", "jupyter"):
         assert "model-bootstrap" in _depends(services, svc), svc
     assert "kibana" in _depends(services, "kibana-import")
@@ -279,7 +288,7 @@ def test_start_order(services):
     assert "elasticsearch-setup" in _depends(services, "alert-sink")
     # the services' InfluxDB and Elasticsearch users exist before the services log in
     assert "influxdb" in _depends(services, "influxdb-setup")
-    for svc in ("publisher", "chronograf", "grafana"):
+    for svc in ("publisher", "chronograf", "grafana", "udf-supervisor"):
         assert "influxdb-setup" in _depends(services, svc), svc
     assert "elasticsearch-setup" in _depends(services, "grafana")
 
@@ -406,6 +415,7 @@ def test_influxdb_setup_grants_the_documented_rights():
         "INFLUXDB_WRITE_USER": {("WRITE", "DATABASE")},
         "INFLUXDB_READ_USER": {("READ", "DATABASE")},
         "INFLUXDB_CHRONOGRAF_USER": {("READ", "DATABASE"), ("READ", "CHRONOGRAF_DATABASE")},
+        # reads a gap, writes udf_events: InfluxDB keeps one privilege per database and user
         "INFLUXDB_SUPERVISOR_USER": {("ALL", "DATABASE")},
     }
     assert re.search(r"^DATABASE=fraud$", text, re.M) and contract.DATABASE == "fraud"
@@ -456,6 +466,8 @@ def test_supervisor_probes_the_agents_sockets_and_reaches_kapacitor_and_influxdb
     assert command[:3] == ["python", "-m", "udf_agent.supervise"]
     assert supervisor["image"] == agent["image"]
     assert _mounts(supervisor)[SOCKET_DIR] == "udf-socket"
+    # it only connects to the sockets, which a read-only mount allows
+    assert f"udf-socket:{SOCKET_DIR}:ro" in supervisor["volumes"]
     # it probes exactly the sockets the agent serves and Kapacitor's UDFs use
     assert _flag(command, "--socket") == _flag(agent["command"], "--socket")
     assert _flag(command, "--batch-socket") == _flag(agent["command"], "--batch-socket")
@@ -497,7 +509,6 @@ def test_model_volumes_are_shared(services):
     assert services["api"]["environment"]["API_REGISTRY"] == registry
 
 
-@pytest.mark.slow
 def test_api_runs_gunicorn_with_the_project_config_on_the_published_port(services):
     api = services["api"]
     assert _flag(api["command"], "-c") == "python:api.gunicorn_conf"

