@@ -104,6 +104,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="deadline of one TF Serving call in seconds (API_TFSERVING_TIMEOUT)",
     )
     p.add_argument(
+        "--mlflow-tracking-uri",
+        default=_env(env, "MLFLOW_TRACKING_URI"),
+        help="serve models from this MLflow server's model registry; --registry is then the "
+        "download cache (API_MLFLOW_TRACKING_URI)",
+    )
+    p.add_argument(
         "--log-level", default=_env(env, "LOG_LEVEL", "info"), help="log level (API_LOG_LEVEL)"
     )
     return p
@@ -131,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tfserving_rest_url=args.tfserving_rest_url,
             tfserving_transport=args.tfserving_transport,
             tfserving_timeout=args.tfserving_timeout,
+            mlflow_tracking_uri=args.mlflow_tracking_uri,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

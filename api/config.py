@@ -43,6 +43,8 @@ class ApiConfig:
     tfserving_rest_url: str = ""
     tfserving_transport: str = "grpc"
     tfserving_timeout: float = 1.0
+    #: follow models in this MLflow server's registry (``registry`` is the download cache)
+    mlflow_tracking_uri: str = ""
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +106,7 @@ class ApiConfig:
             "tfserving_rest_url": str,
             "tfserving_transport": str,
             "tfserving_timeout": float,
+            "mlflow_tracking_uri": str,
         }
         values: dict[str, Any] = {}
         for name, cast in casts.items():

@@ -20,7 +20,7 @@ from typing import Any
 from models import errors as models_errors
 from models.backends import BackendFactory, ScoringBackend, local_factory, serving_factory
 from models.provider import LoadFailure, ModelProvider, ProviderEvents
-from models.registry import Registry
+from models.registry import Registry, open_registry
 
 from .config import ApiConfig
 from .errors import ModelNotFound, ModelUnavailable
@@ -86,7 +86,11 @@ class ModelService:
         on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
-        self.registry = registry if registry is not None else Registry(config.registry)
+        self.registry = (
+            registry
+            if registry is not None
+            else open_registry(config.registry, config.mlflow_tracking_uri or None)
+        )
         self.name = config.model
         self.alias = config.alias
         self._events = _Events(config.alias, on_switch, on_failure)

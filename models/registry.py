@@ -52,6 +52,7 @@ __all__ = [
     "UnsafeArtifact",
     "card_signature",
     "default_registry_root",
+    "open_registry",
     "render_card_markdown",
     "sha256_path",
     "signing_key_from_env",
@@ -565,3 +566,17 @@ class Registry:
     def _unknown_model_message(self, name: str) -> str:
         known = ", ".join(self.models()) or "none"
         return f"unknown model {name!r} in registry {self.root} (known models: {known})"
+
+
+def open_registry(
+    root: str | os.PathLike[str] | None = None, mlflow_tracking_uri: str | None = None
+) -> Registry:
+    """The file registry at ``root``, or, with an MLflow tracking URI, MLflow's model
+    registry with ``root`` as its download cache."""
+    if mlflow_tracking_uri:
+        from .mlflow_registry import MlflowRegistry
+
+        return MlflowRegistry(
+            mlflow_tracking_uri, root if root is not None else default_registry_root()
+        )
+    return Registry(root)

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="model registry directory (env UDF_AGENT_REGISTRY; default models/registry)",
     )
     p.add_argument(
+        "--mlflow-tracking-uri",
+        default=_env("MLFLOW_TRACKING_URI"),
+        help="follow models in this MLflow server's model registry (models:/NAME@ALIAS); "
+        "--registry is then the download cache (env UDF_AGENT_MLFLOW_TRACKING_URI)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=int(_env("METRICS_PORT", "0") or 0),
@@ -202,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             socket_path=Path(args.socket),
             batch_socket_path=Path(args.batch_socket) if args.batch_socket else None,
             drift_socket_path=Path(args.drift_socket) if args.drift_socket else None,
+            mlflow_tracking_uri=args.mlflow_tracking_uri or None,
             registry=Path(args.registry),
             socket_mode=mode,
             max_frame_bytes=args.max_frame_bytes,

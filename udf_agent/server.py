@@ -17,7 +17,7 @@ from pathlib import Path
 from models.backends import BackendFactory, serving_factory
 from models.backends.tfserving import TFServingConfig
 from models.provider import ModelProvider
-from models.registry import Registry
+from models.registry import Registry, open_registry
 
 from .connection import Connection, ConnectionConfig
 from .errors import AgentError
@@ -51,6 +51,8 @@ class AgentConfig:
     max_loaded: int = 8
     #: how TF models reach TF Serving
     tfserving: TFServingConfig = field(default_factory=TFServingConfig)
+    #: follow models in MLflow's registry (``registry`` is then the download cache)
+    mlflow_tracking_uri: str | None = None
     #: points one connection may hold between reading and writing back (upper bound; the
     #: bound in force adapts to about ``drain_seconds`` of scoring)
     max_inflight: int = 4096
@@ -150,7 +152,7 @@ class AgentServer:
     ) -> None:
         self.config = config
         self.metrics = metrics or AgentMetrics()
-        self.registry = registry or Registry(config.registry)
+        self.registry = registry or open_registry(config.registry, config.mlflow_tracking_uri)
         self.provider = provider or ModelProvider(
             self.registry,
             factory if factory is not None else serving_factory(config.tfserving),
