@@ -198,6 +198,7 @@ def test_the_cli_reads_profiles_from_flags_or_the_environment(tmp_path):
         config_from_args(args, env)
 
 
+@pytest.mark.slow
 def test_documents_go_to_each_profiles_index_in_elasticsearch(tmp_path):
     peer = ElasticsearchPeer(version="9.5.2").start()
     sink = RunningSink(es_config(tmp_path, peer.url, profiles=(CC, MF)))
@@ -252,6 +253,7 @@ def test_an_old_spool_file_is_upgraded_and_its_alerts_still_ship(tmp_path):
         spool.close()
 
 
+@pytest.mark.slow
 def test_the_sink_process_with_a_profile_stores_each_data_set_apart(tmp_path):
     port = free_port()
     (tmp_path / "token").write_text("tok\n")

@@ -342,6 +342,7 @@ def test_every_generated_query_runs_on_a_real_influxdb(influxdb, name):
     assert checked >= 10
 
 
+@pytest.mark.slow
 def test_the_cli_writes_a_data_sets_files(tmp_path):
     script = ROOT / "compose" / "scripts" / "gen_dashboards.py"
     r = subprocess.run(
@@ -364,6 +365,7 @@ def test_the_cli_writes_a_data_sets_files(tmp_path):
     assert r.returncode == 2 and "--out-dir" in r.stderr
 
 
+@pytest.mark.slow
 def test_the_import_script_imports_every_data_sets_objects(tmp_path):
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")

@@ -80,6 +80,7 @@ def test_render_template_escapes_values_only_for_the_details():
     assert render_template(text, rec, html=True).startswith("L&lt;&amp;&gt;&#39; ")
 
 
+@pytest.mark.slow
 def test_the_training_step_registers_a_model_of_the_profile(tmp_path):
     from demo.profile_data import frame_of, load_or_prepare_profile_splits, train_profile_model
 
@@ -88,9 +89,7 @@ def test_the_training_step_registers_a_model_of_the_profile(tmp_path):
     again, reused = load_or_prepare_profile_splits(MF, tmp_path, csv=None, rows=3000, seed=3)
     assert reused and again.test["UDI"].tolist() == splits.test["UDI"].tolist()
     registry = Registry(tmp_path / "registry")
-    card, summary = train_profile_model(
-        registry, MF, splits, name="mf", ref="production", seed=3
-    )
+    card, summary = train_profile_model(registry, MF, splits, name="mf", ref="production", seed=3)
     assert summary is not None and card.features == MF.feature_names
     assert card.data["profile"]["features"][0] == {
         "name": "Type",
@@ -101,9 +100,7 @@ def test_the_training_step_registers_a_model_of_the_profile(tmp_path):
     X = frame_of(splits.test.head(5), MF)
     X.loc[0, "Type"] = "Z"  # a level the encoder never saw is no error
     assert model.predict_proba(X).shape == (5, 2)
-    card2, summary2 = train_profile_model(
-        registry, MF, splits, name="mf", ref="production", seed=3
-    )
+    card2, summary2 = train_profile_model(registry, MF, splits, name="mf", ref="production", seed=3)
     assert summary2 is None and card2.version == card.version  # already there: reused
 
 
@@ -120,6 +117,7 @@ def test_make_demo_passes_the_profile():
     assert "--profile" not in r.stdout
 
 
+@pytest.mark.slow
 def test_a_profile_without_a_generator_asks_for_a_csv(tmp_path):
     other = tmp_path / "other.toml"
     other.write_text(MF.to_toml().replace('name = "machine_failure"', 'name = "other"'))

@@ -115,7 +115,7 @@ def test_default_lines_are_the_ones_the_publisher_always_wrote(tmp_path):
     from test_publisher import make_csv
 
     path = tmp_path / "test.csv"
-    df = make_csv(path, n=60)
+    df = make_csv(path, n=20)
     samples = load_samples(path, source="src a")
     assert samples.measurement == contract.INPUT_MEASUREMENT
     for i in range(len(df)):
@@ -169,6 +169,7 @@ def test_a_name_that_line_protocol_cannot_carry_is_refused():
         SampleSource(measurement="m", fields=[("bad\\", "float", [1.0])], ids=["1"], source="s")
 
 
+@pytest.mark.slow
 @pytest.mark.influxdb
 def test_awkward_names_go_through_influxd_and_come_back_intact(influxdb, tmp_path):
     prof_path = tmp_path / "awkward.toml"

@@ -1234,6 +1234,7 @@ def test_a_data_set_without_a_label_gets_no_quality_task(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_models_profile_tasks_writes_a_load_directory(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "models", "profile", "tasks", "machine_failure", "-o",
