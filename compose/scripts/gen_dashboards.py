@@ -1262,7 +1262,9 @@ def kibana_objects(n: Names = CREDITCARD) -> list[dict]:
             "8.5.0",
         )
     )
-    panels = [(f"{prefix}-over-time", "visualization", (0, 0, 32, 14))]
+    # the value panel sits right of the histogram; without one the histogram is full width
+    wide = 32 if keys["value"] else 48
+    panels = [(f"{prefix}-over-time", "visualization", (0, 0, wide, 14))]
     if keys["value"]:
         at_risk = "Amount at risk (critical alerts)" if n.default else f"{p.value} at risk"
         value_label = "Amount at risk" if n.default else f"{p.value} at risk"
@@ -1389,9 +1391,7 @@ def kibana_objects(n: Names = CREDITCARD) -> list[dict]:
             "8.5.0",
         )
     )
-    panels.append(
-        (f"{prefix}-top-scored", "visualization", (16 if keys["value"] else 16, 14, 32, 14))
-    )
+    panels.append((f"{prefix}-top-scored", "visualization", (16, 14, 32, 14)))
     columns = ["alert.level", *_table_columns(n), "model.name", "model.version", "source"]
     columns += ["task", "alert.message"]
     objects.append(
