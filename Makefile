@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv demo test test-fast lint format bench proto notebooks generate smoke env k8s-env clean
 
 help:
-	@echo "make demo     - create the venv if needed and run the end-to-end demo"
+	@echo "make demo     - create the venv if needed and run the end-to-end demo (PROFILE=NAME: another data set)"
 	@echo "make test     - run the whole test suite (servers it needs must be installed)"
 	@echo "make test-fast- skip tests marked slow"
 	@echo "make lint     - ruff check + format check"
@@ -32,8 +32,9 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# make demo PROFILE=machine_failure: the same run for another data set (profiles/NAME.toml)
 demo: venv
-	$(BIN)/python -m demo $(DEMO_ARGS)
+	$(BIN)/python -m demo $(if $(PROFILE),--profile $(PROFILE),) $(DEMO_ARGS)
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

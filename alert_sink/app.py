@@ -21,6 +21,7 @@ from .errors import PayloadError, SpoolError
 from .es import ElasticsearchTarget
 from .metrics import SinkMetrics
 from .payload import LEVELS, NS_MAX, NS_MIN, AlertDocument, parse_alert, parse_rfc3339_ns
+from .routing import Router, routes_summary
 from .shipper import Shipper
 from .storage import AlertStore, Spool
 
@@ -42,6 +43,7 @@ class AlertSink:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.router = Router(config.profiles, default_index=config.es_index)
         self.metrics = SinkMetrics()
         self.spool: Spool | None = None
         self.store: AlertStore | None = None
@@ -51,7 +53,12 @@ class AlertSink:
         self._in_flight = 0
         self._in_flight_cond = threading.Condition()
         if config.mode == "store":
-            self.store = AlertStore(config.store_path, synchronous=config.synchronous, clock=clock)
+            self.store = AlertStore(
+                config.store_path,
+                synchronous=config.synchronous,
+                clock=clock,
+                default_index=config.es_index,
+            )
             self.metrics.store_size.set_function(self.store.count)
         else:
             self.spool = Spool(config.spool_path, synchronous=config.synchronous, clock=clock)
@@ -65,6 +72,7 @@ class AlertSink:
                 password=config.es_password,
                 request_timeout=config.es_request_timeout,
                 compat_version=config.es_compat_version,
+                indices=self.router.indices(),
             )
             self.shipper = Shipper(
                 spool=self.spool,
@@ -176,7 +184,7 @@ def post_alert():
     body = _read_body(sink.config.max_body_bytes)
     task = request.args.get("task")
     try:
-        docs = parse_alert(body, task=task)
+        docs = parse_alert(body, task=task, router=sink.router)
     except PayloadError as exc:
         sink.metrics.rejected.labels(reason="invalid").inc()
         log.warning("event=alert_rejected reason=invalid error=%r", str(exc))
@@ -269,8 +277,9 @@ def list_alerts():
                 raise PayloadError("level", f"must be one of {', '.join(LEVELS)}")
         total, items, next_cursor = sink.store.query(
             level=level,
-            txn_id=request.args.get("txn_id"),
+            txn_id=request.args.get("txn_id", request.args.get("id")),
             model=request.args.get("model"),
+            index=request.args.get("index"),
             since_ns=_time_arg("since"),
             until_ns=_time_arg("until"),
             limit=limit,
@@ -395,5 +404,10 @@ def create_app(
     app.wsgi_app = _InFlight(app.wsgi_app, sink)  # type: ignore[method-assign]
     if config.start_shipper:
         sink.start()
-    log.info("event=app_created config=%r", config)
+    log.info(
+        "event=app_created config=%r routes=%s default_index=%s",
+        config,
+        ",".join(routes_summary(sink.router)) or "none",
+        config.es_index,
+    )
     return app

@@ -49,7 +49,20 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.add_argument("--token-file", default=e("TOKEN_FILE"), help="file holding the bearer token")
     p.add_argument("--es-username", default=e("ES_USERNAME"))
     p.add_argument("--es-password", default=e("ES_PASSWORD"))
-    p.add_argument("--es-index", default=e("ES_INDEX", "fraud-alerts"))
+    p.add_argument(
+        "--es-index",
+        default=e("ES_INDEX", "fraud-alerts"),
+        help="default index: alerts of a series no --profile routes [ALERT_SINK_ES_INDEX]",
+    )
+    p.add_argument(
+        "--profile",
+        action="append",
+        dest="profiles",
+        metavar="PROFILE",
+        help="data-set profile (name in profiles/ or a TOML path), repeatable: alerts of its "
+        "scored measurement go to its alert index, with every row field under fields.* "
+        "[ALERT_SINK_PROFILES, comma-separated]",
+    )
     p.add_argument(
         "--es-compat-version",
         type=int,
@@ -98,6 +111,21 @@ def config_from_args(
     token = _read_token(args, environ)
     if token is None:  # also for gunicorn, which builds its config here
         raise ConfigError("a bearer token is required: --token-file F or ALERT_SINK_TOKEN")
+    refs = args.profiles
+    if refs is None:
+        refs = [r.strip() for r in (_env(environ, "PROFILES") or "").split(",") if r.strip()]
+    profiles = []
+    if refs:
+        from models.profile import ProfileError, load_profile
+
+        for ref in refs:
+            try:
+                profiles.append(load_profile(ref))
+            except ProfileError as exc:
+                raise ConfigError(f"--profile {ref}: {exc}") from exc
+        from .routing import Router
+
+        Router(profiles, default_index=args.es_index)  # two profiles, one series: refused
     return SinkConfig(
         es_url=args.es_url or None,
         store_path=store_path,
@@ -106,6 +134,7 @@ def config_from_args(
         es_username=args.es_username,
         es_password=args.es_password,
         es_index=args.es_index,
+        profiles=tuple(profiles),
         es_compat_version=args.es_compat_version,
         max_body_bytes=args.max_body_bytes,
         batch_size=args.batch_size,

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from models.contract import ALERT_INDEX
+from models.profile import Profile
 
 from .errors import ConfigError
 
@@ -41,7 +42,10 @@ class SinkConfig:
     token: str | None = None
     es_username: str | None = None
     es_password: str | None = None
+    #: the default index: alerts of a series no profile routes (credit cards by default)
     es_index: str = ALERT_INDEX
+    #: data-set profiles: each routes its scored measurement's alerts to its alert index
+    profiles: tuple[Profile, ...] = ()
     es_request_timeout: float = 30.0
     # REST API compatibility level sent in Accept/Content-Type; None: the client's own
     # (its major, what a server of the same major expects). 8 for an Elasticsearch 8 server.
@@ -71,6 +75,8 @@ class SinkConfig:
             raise ConfigError("synchronous must be FULL, NORMAL or EXTRA")
         if self.token is not None and not self.token:
             raise ConfigError("token must not be empty")
+        if not self.es_index:
+            raise ConfigError("es_index must not be empty")
 
     @property
     def mode(self) -> str:
@@ -84,6 +90,7 @@ class SinkConfig:
             if f.name not in ("token", "es_password")
         }
         shown["es_url"] = redact_url(self.es_url)
+        shown["profiles"] = [p.name for p in self.profiles]
         shown["token"] = "***" if self.token else None
         shown["es_password"] = "***" if self.es_password else None
         body = ", ".join(f"{k}={v!r}" for k, v in shown.items())

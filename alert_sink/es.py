@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from elasticsearch import ApiError, Elasticsearch
 
 from .config import redact_url
 from .errors import ElasticsearchError, ElasticsearchUnavailable
+from .routing import LEGACY, PIPELINE_FIELDS, Layout
 from .storage import SpooledItem
 
 __all__ = ["BulkOutcome", "CompatElasticsearch", "ElasticsearchTarget", "index_template"]
@@ -70,35 +71,75 @@ class CompatElasticsearch(Elasticsearch):
         )
 
 
-def index_template(index: str) -> dict[str, Any]:
-    """The composable index template for the alert index (contract field types)."""
-    keyword = {"type": "keyword", "ignore_above": 1024}
+_KEYWORD = {"type": "keyword", "ignore_above": 1024}
+#: Elasticsearch types of the fixed document keys
+_FIXED_MAPPING: dict[str, dict[str, Any]] = {
+    "@timestamp": {"type": "date"},
+    "alert.id": _KEYWORD,
+    "alert.level": _KEYWORD,
+    "alert.message": {"type": "text", "fields": {"keyword": _KEYWORD}},
+    "task": _KEYWORD,
+    "txn_id": _KEYWORD,
+    "id": _KEYWORD,
+    "score": {"type": "float"},
+    "threshold": {"type": "float"},
+    "model.name": _KEYWORD,
+    "model.version": _KEYWORD,
+    "amount": {"type": "float"},
+    "label": {"type": "integer"},
+    "source": _KEYWORD,
+}
+_FIELD_TYPES = {
+    "float": {"type": "double"},
+    "int": {"type": "long"},
+    "string": _KEYWORD,
+    "boolean": {"type": "boolean"},
+    "keyword": _KEYWORD,
+}
+#: fields.* a profile does not name: typed by their first JSON value, numbers as double
+#: (a whole float arrives without a fraction, so "long" would truncate later values)
+_DYNAMIC_TEMPLATES = [
+    {"fields_strings": {"path_match": "fields.*", "match_mapping_type": "string", "mapping": _KEYWORD}},
+    {"fields_longs": {"path_match": "fields.*", "match_mapping_type": "long", "mapping": {"type": "double"}}},
+    {"fields_doubles": {"path_match": "fields.*", "match_mapping_type": "double", "mapping": {"type": "double"}}},
+    {"fields_booleans": {"path_match": "fields.*", "match_mapping_type": "boolean", "mapping": {"type": "boolean"}}},
+]  # fmt: skip
+
+
+def _put(props: dict[str, Any], dotted: str, spec: dict[str, Any]) -> None:
+    """Place ``spec`` at a dotted path (Elasticsearch expands dots into objects)."""
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        props = props.setdefault(part, {"properties": {}})["properties"]
+    props[leaf] = spec
+
+
+def index_template(index: str, layouts: Sequence[Layout] = (LEGACY,)) -> dict[str, Any]:
+    """The composable index template for an alert index holding ``layouts``' documents:
+    strict fixed keys; with a data-set profile, a dynamic ``fields`` object whose known
+    fields are typed from the profile."""
+    props: dict[str, Any] = {}
+    for key in dict.fromkeys(k for layout in layouts for k in layout.keys):
+        _put(props, key, dict(_FIXED_MAPPING[key]))
+    mappings: dict[str, Any] = {"dynamic": "strict", "properties": props}
+    carried = [layout for layout in layouts if layout.carry_fields]
+    if carried:
+        known: dict[str, Any] = {}
+        for name, kind in PIPELINE_FIELDS.items():
+            _put(known, name, dict(_FIELD_TYPES[kind]))
+        for layout in carried:
+            for name, kind in layout.types.items():
+                if name not in layout.consumed:
+                    _put(known, name, dict(_FIELD_TYPES[kind]))
+        props["fields"] = {"type": "object", "dynamic": True, "properties": known}
+        mappings["date_detection"] = False  # "2024-01-02" in a text column stays text
+        mappings["dynamic_templates"] = _DYNAMIC_TEMPLATES
     return {
         "index_patterns": [index, f"{index}-*"],
         "priority": 200,
         "template": {
             "settings": {"number_of_shards": 1, "number_of_replicas": 0},
-            "mappings": {
-                "dynamic": "strict",
-                "properties": {
-                    "@timestamp": {"type": "date"},
-                    "alert": {
-                        "properties": {
-                            "id": keyword,
-                            "level": keyword,
-                            "message": {"type": "text", "fields": {"keyword": keyword}},
-                        }
-                    },
-                    "task": keyword,
-                    "txn_id": keyword,
-                    "score": {"type": "float"},
-                    "threshold": {"type": "float"},
-                    "model": {"properties": {"name": keyword, "version": keyword}},
-                    "amount": {"type": "float"},
-                    "label": {"type": "integer"},
-                    "source": keyword,
-                },
-            },
+            "mappings": mappings,
         },
         "_meta": {"managed_by": "alert_sink"},
     }
@@ -138,9 +179,16 @@ class ElasticsearchTarget:
         request_timeout: float = 30.0,
         compat_version: int | None = None,
         client_factory: Callable[..., Elasticsearch] | None = None,
+        indices: Mapping[str, Sequence[Layout]] | None = None,
     ) -> None:
         self.url = redact_url(url)  # for logs and /health; the client gets the real one
+        #: the default index (documents without an index of their own)
         self.index = index
+        #: every index written, with the layouts of its documents (its template)
+        self.indices: dict[str, list[Layout]] = {
+            name: list(layouts) for name, layouts in (indices or {index: [LEGACY]}).items()
+        }
+        self.indices.setdefault(index, [LEGACY])
         basic_auth = (username, password or "") if username else None
         factory = client_factory
         if factory is None:
@@ -191,25 +239,31 @@ class ElasticsearchTarget:
         return str(info.get("version", {}).get("number", "unknown"))
 
     def ensure_index(self) -> None:
-        """Install the index template and create the index if it does not exist yet."""
-        name = self.index
-        self._call(
-            "put index template",
-            lambda: self.client.indices.put_index_template(name=name, **index_template(name)),
-        )
-        exists = self._call("index exists", lambda: self.client.indices.exists(index=name))
-        if not exists:
-            try:
-                self._call("create index", lambda: self.client.indices.create(index=name))
-            except ElasticsearchError as exc:
-                if "resource_already_exists_exception" not in str(exc):
-                    raise
+        """Install the index templates and create the indices that do not exist yet."""
+        for name, layouts in self.indices.items():
+            body = index_template(name, layouts)
+            self._call(
+                f"put index template {name}",
+                lambda n=name, b=body: self.client.indices.put_index_template(name=n, **b),
+            )
+            exists = self._call(
+                f"index exists {name}", lambda n=name: self.client.indices.exists(index=n)
+            )
+            if not exists:
+                try:
+                    self._call(
+                        f"create index {name}", lambda n=name: self.client.indices.create(index=n)
+                    )
+                except ElasticsearchError as exc:
+                    if "resource_already_exists_exception" not in str(exc):
+                        raise
 
     def bulk(self, items: Sequence[SpooledItem]) -> BulkOutcome:
         """Index ``items`` (``index`` op with the derived ``_id``: re-sending overwrites)."""
         operations: list[Any] = []
         for item in items:
-            operations.append({"index": {"_index": self.index, "_id": item.doc_id}})
+            index = item.index or self.index
+            operations.append({"index": {"_index": index, "_id": item.doc_id}})
             operations.append(item.doc)  # already JSON text
         response = self._call("bulk", lambda: self.client.bulk(operations=operations))
         results = response.get("items")

@@ -5,9 +5,11 @@ Kapacitor's alert node posts one JSON object per alert event::
     {"id", "message", "details", "time", "duration", "level", "previousLevel",
      "recoverable", "data": {"series": [{"name", "tags", "columns", "values"}]}}
 
-Every row of every series becomes one document whose keys are exactly
-``models.contract.ALERT_DOC_FIELDS``. The whole body is validated before anything is
-returned, so a bad row rejects the whole request and nothing of it is stored.
+Every row of every series becomes one document. Without a profile its keys are exactly
+``models.contract.ALERT_DOC_FIELDS``; a series routed to a data-set profile
+(:mod:`alert_sink.routing`) gives the contract's fixed fields and every other field of the
+row under ``fields.*``. The whole body is validated before anything is returned, so a bad
+row rejects the whole request and nothing of it is stored.
 """
 
 from __future__ import annotations
@@ -22,22 +24,20 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from models.contract import (
-    LABEL,
     MODEL_TAG,
     MODEL_VERSION_TAG,
     SCORE,
     SOURCE_TAG,
     THRESHOLD,
-    TXN_ID,
 )
 from models.jsontypes import json_type
 
 from .errors import PayloadError
+from .routing import FIELDS_PREFIX, LEGACY, Layout, Router
 
 __all__ = ["LEVELS", "NS_MAX", "NS_MIN", "AlertDocument", "parse_alert", "parse_rfc3339_ns"]
 
 LEVELS = ("OK", "INFO", "WARNING", "CRITICAL")
-AMOUNT_FIELD = "Amount"
 # Kapacitor and InfluxDB time is int64 nanoseconds (years 1677-2262); so is the store's column.
 NS_MIN, NS_MAX = -(2**63), 2**63 - 1
 
@@ -54,6 +54,10 @@ class AlertDocument:
     doc_id: str
     timestamp_ns: int
     source: dict[str, Any]
+    #: the index it goes to (None: the sink's default index)
+    index: str | None = None
+    #: the row id (txn_id for credit cards), None when the row has none
+    row_id: str | None = None
 
 
 def parse_rfc3339_ns(value: str) -> int:
@@ -186,12 +190,46 @@ def _doc_id(alert_id: str, alert_time: str, name: str, tags: dict, row_time: str
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:40]
 
 
-def parse_alert(body: bytes | str, *, task: str | None = None) -> list[AlertDocument]:
+def _field_value(value: Any, path: str, column: str, kind: str | None) -> Any:
+    """A row value carried under fields.*: checked against the profile's type for the
+    column (``float``, ``int``, ``string``) or, for any other column, any number that fits
+    64 bits, a string or a boolean."""
+    if kind == "float":
+        return _number(value, path, column)
+    if kind == "int":
+        if not _is_int64(value):
+            raise PayloadError(
+                path, f"column {column!r} must be an integer, got {json_type(value)}"
+            )
+        return int(value)
+    if kind == "string":
+        if not isinstance(value, str):
+            raise PayloadError(path, f"column {column!r} must be a string, got {json_type(value)}")
+        return value
+    if isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if not _is_int64(value):
+            raise PayloadError(
+                path, f"column {column!r} is out of range: it does not fit a 64-bit integer"
+            )
+        return value
+    if isinstance(value, float):
+        return _number(value, path, column)
+    raise PayloadError(
+        path, f"column {column!r} must be a number, a string or a boolean, got {json_type(value)}"
+    )
+
+
+def parse_alert(
+    body: bytes | str, *, task: str | None = None, router: Router | None = None
+) -> list[AlertDocument]:
     """Validate a whole Kapacitor alert body and return its documents.
 
     ``task`` is the optional ``?task=`` of the post URL. The task name is taken, in order,
-    from the details dump's ``TaskName``, then ``task``, then the series name.
-    Raises :class:`PayloadError` naming the first problem found.
+    from the details dump's ``TaskName``, then ``task``, then the series name. ``router``
+    picks each series' layout and index from its name (None: the contract's credit-card
+    documents for every series). Raises :class:`PayloadError` naming the first problem.
     """
     try:
         alert = json.loads(body)
@@ -275,6 +313,7 @@ def parse_alert(body: bytes | str, *, task: str | None = None) -> list[AlertDocu
                 )
         if len(set(columns)) != len(columns):
             raise PayloadError(f"{path}.columns", "column names must be unique")
+        layout = router.layout(name) if router is not None else LEGACY
         rows = series.get("values") or []
         if not isinstance(rows, list):
             raise PayloadError(f"{path}.values", f"must be an array, got {json_type(rows)}")
@@ -297,12 +336,15 @@ def parse_alert(body: bytes | str, *, task: str | None = None) -> list[AlertDocu
                     alert_ns,
                     task_name,
                     f"{s_idx}:{r_idx}",
+                    layout,
                 )
             )
     if not docs:
         # An alert without rows is still an alert: index its top-level facts.
         docs.append(
-            _row_document(base, {}, {}, "", "data", alert_id, alert_time, alert_ns, task_name, "-")
+            _row_document(
+                base, {}, {}, "", "data", alert_id, alert_time, alert_ns, task_name, "-", LEGACY
+            )
         )
     return docs
 
@@ -318,6 +360,7 @@ def _row_document(
     alert_ns: int,
     task_name: str | None,
     position: str,
+    layout: Layout = LEGACY,
 ) -> AlertDocument:
     row_time = fields.get("time")
     if row_time is None:
@@ -327,12 +370,16 @@ def _row_document(
     else:
         raise PayloadError(rpath, f"column 'time' must be a string, got {json_type(row_time)}")
 
-    txn_id = fields.get(TXN_ID, tags.get(TXN_ID))
-    if txn_id is not None and not isinstance(txn_id, str):
-        raise PayloadError(rpath, f"column {TXN_ID!r} must be a string, got {json_type(txn_id)}")
-    label = fields.get(LABEL)
+    id_col = layout.id_field
+    row_id = fields.get(id_col, tags.get(id_col))
+    if row_id is not None and not isinstance(row_id, str):
+        raise PayloadError(rpath, f"column {id_col!r} must be a string, got {json_type(row_id)}")
+    label_col = layout.label_field
+    label = fields.get(label_col) if label_col else None
     if label is not None and not _is_int64(label):
-        raise PayloadError(rpath, f"column {LABEL!r} must be an integer, got {json_type(label)}")
+        raise PayloadError(
+            rpath, f"column {label_col!r} must be an integer, got {json_type(label)}"
+        )
     model_name = fields.get(MODEL_TAG, tags.get(MODEL_TAG))
     model_version = fields.get(MODEL_VERSION_TAG, tags.get(MODEL_VERSION_TAG))
     source = tags.get(SOURCE_TAG, fields.get(SOURCE_TAG))
@@ -342,22 +389,36 @@ def _row_document(
     if source is not None and not isinstance(source, str):
         raise PayloadError(rpath, f"{SOURCE_TAG!r} must be a string, got {json_type(source)}")
 
-    doc = {
+    values = {
         "@timestamp": row_time,
         **base,
         "task": task_name or name or None,
-        "txn_id": txn_id,
+        layout.id_key: row_id,
         "score": _number(fields.get(SCORE), rpath, SCORE),
         "threshold": _number(fields.get(THRESHOLD), rpath, THRESHOLD),
         "model.name": None if model_name is None else str(model_name),
         "model.version": None if model_version is None else str(model_version),
-        "amount": _number(fields.get(AMOUNT_FIELD), rpath, AMOUNT_FIELD),
         "label": None if label is None else int(label),
         "source": source,
     }
-    key = txn_id if txn_id is not None else f"row:{position}"
+    if layout.value_key:
+        col = layout.value_field
+        values[layout.value_key] = _number(fields.get(col), rpath, col)
+    doc = {key: values.get(key) for key in layout.keys}
+    if layout.carry_fields:
+        consumed = layout.consumed
+        for col, value in fields.items():
+            if col in consumed or value is None:
+                continue
+            doc[FIELDS_PREFIX + col] = _field_value(value, rpath, col, layout.types.get(col))
+        for tag in sorted(tags):
+            if tag not in consumed and FIELDS_PREFIX + tag not in doc:
+                doc[FIELDS_PREFIX + tag] = tags[tag]
+    key = row_id if row_id is not None else f"row:{position}"
     return AlertDocument(
         doc_id=_doc_id(alert_id, alert_time, name, tags, row_time, key),
         timestamp_ns=row_ns,
         source=doc,
+        index=layout.index,
+        row_id=row_id,
     )

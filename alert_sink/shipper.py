@@ -99,7 +99,9 @@ class Shipper:
         self._stop.wait(self._backoff())
 
     def _run(self) -> None:
-        log.info("event=shipper_started url=%s index=%s", self.target.url, self.target.index)
+        log.info(
+            "event=shipper_started url=%s index=%s", self.target.url, ",".join(self.target.indices)
+        )
         while not self._stop.is_set():
             try:
                 self.run_once()
@@ -123,7 +125,7 @@ class Shipper:
                 self._failed(str(exc))
                 return 0
             self.state.index_ready = True
-            log.info("event=index_ready index=%s", self.target.index)
+            log.info("event=index_ready index=%s", ",".join(self.target.indices))
 
         batch = self.spool.peek(self.batch_size)
         if not batch:

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS spool (
     doc TEXT NOT NULL,
     enqueued_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    index_name TEXT
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
     seq INTEGER PRIMARY KEY,
@@ -43,7 +44,8 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     enqueued_at REAL NOT NULL,
     failed_at REAL NOT NULL,
     status INTEGER,
-    error TEXT NOT NULL
+    error TEXT NOT NULL,
+    index_name TEXT
 );
 """
 
@@ -56,11 +58,18 @@ CREATE TABLE IF NOT EXISTS alerts (
     txn_id TEXT,
     model TEXT,
     doc TEXT NOT NULL,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    index_name TEXT
 );
 CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts_ns, rowid);
 CREATE INDEX IF NOT EXISTS alerts_txn ON alerts (txn_id);
 """
+#: columns added since the first release: (table, column, type), added to older files
+_ADDED_COLUMNS = (
+    ("spool", "index_name", "TEXT"),
+    ("dead_letter", "index_name", "TEXT"),
+    ("alerts", "index_name", "TEXT"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,7 @@ class SpooledItem:
     doc: str  # the document as JSON text, sent as is
     enqueued_at: float
     attempts: int
+    index: str | None = None  # None: the sink's default index
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +110,19 @@ class _Database:
                 raise SpoolError(f"{self.path}: SQLite refused WAL mode (got {mode})")
             self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._conn.executescript(schema)
+            self._add_columns()
         except sqlite3.Error as exc:
             raise SpoolError(f"{self.path}: cannot open SQLite database: {exc}") from exc
+
+    def _add_columns(self) -> None:
+        """A file written by an older sink lacks the newer columns: add them (NULL)."""
+        for table, column, kind in _ADDED_COLUMNS:
+            names = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            if names and column not in names:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                log.info(
+                    "event=schema_upgraded file=%s table=%s column=%s", self.path, table, column
+                )
 
     def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         with self._lock:
@@ -151,17 +172,19 @@ class Spool(_Database):
     def enqueue(self, docs: list[AlertDocument]) -> int:
         """Commit all ``docs`` in one transaction (all or nothing)."""
         now = self._clock()
-        rows = [(d.doc_id, _dumps(d.source), now) for d in docs]
+        rows = [(d.doc_id, _dumps(d.source), now, d.index) for d in docs]
         self._write(
             lambda c: c.executemany(
-                "INSERT INTO spool (doc_id, doc, enqueued_at) VALUES (?, ?, ?)", rows
+                "INSERT INTO spool (doc_id, doc, enqueued_at, index_name) VALUES (?, ?, ?, ?)",
+                rows,
             )
         )
         return len(rows)
 
     def peek(self, limit: int) -> list[SpooledItem]:
         rows = self._read(
-            "SELECT seq, doc_id, doc, enqueued_at, attempts FROM spool ORDER BY seq LIMIT ?",
+            "SELECT seq, doc_id, doc, enqueued_at, attempts, index_name FROM spool "
+            "ORDER BY seq LIMIT ?",
             (limit,),
         )
         return [SpooledItem(*row) for row in rows]
@@ -183,8 +206,9 @@ class Spool(_Database):
             if dead:
                 c.executemany(
                     "INSERT OR REPLACE INTO dead_letter "
-                    "(seq, doc_id, doc, enqueued_at, failed_at, status, error) "
-                    "SELECT seq, doc_id, doc, enqueued_at, ?, ?, ? FROM spool WHERE seq = ?",
+                    "(seq, doc_id, doc, enqueued_at, failed_at, status, error, index_name) "
+                    "SELECT seq, doc_id, doc, enqueued_at, ?, ?, ?, index_name FROM spool "
+                    "WHERE seq = ?",
                     [(now, status, error, seq) for seq, (status, error) in dead.items()],
                 )
                 c.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in dead])
@@ -237,7 +261,9 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
 class AlertStore(_Database):
     """Alerts kept locally (``--store sqlite:PATH``), queryable through ``GET /alerts``.
 
-    A re-delivered alert has the same document id and replaces the stored row.
+    A re-delivered alert has the same document id and replaces the stored row. Each row
+    records the index the alert would go to in Elasticsearch mode (``default_index`` for
+    the default route), so ``GET /alerts?index=`` tells the data sets apart.
     """
 
     def __init__(
@@ -246,8 +272,10 @@ class AlertStore(_Database):
         *,
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
+        default_index: str = "fraud-alerts",
     ) -> None:
         super().__init__(path, _STORE_SCHEMA, synchronous=synchronous, clock=clock)
+        self.default_index = default_index
 
     def upsert(self, docs: list[AlertDocument]) -> int:
         now = self._clock()
@@ -256,19 +284,21 @@ class AlertStore(_Database):
                 d.doc_id,
                 d.timestamp_ns,
                 d.source["alert.level"],
-                d.source["txn_id"],
+                d.row_id,
                 d.source["model.name"],
                 _dumps(d.source),
                 now,
+                d.index or self.default_index,
             )
             for d in docs
         ]
         self._write(
             lambda c: c.executemany(
-                "INSERT INTO alerts (doc_id, ts_ns, level, txn_id, model, doc, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(doc_id) DO UPDATE SET "
+                "INSERT INTO alerts "
+                "(doc_id, ts_ns, level, txn_id, model, doc, received_at, index_name) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(doc_id) DO UPDATE SET "
                 "ts_ns = excluded.ts_ns, level = excluded.level, txn_id = excluded.txn_id, "
-                "model = excluded.model, doc = excluded.doc",
+                "model = excluded.model, doc = excluded.doc, index_name = excluded.index_name",
                 rows,
             )
         )
@@ -283,6 +313,7 @@ class AlertStore(_Database):
         level: str | None = None,
         txn_id: str | None = None,
         model: str | None = None,
+        index: str | None = None,
         since_ns: int | None = None,
         until_ns: int | None = None,
         limit: int = 100,
@@ -291,14 +322,19 @@ class AlertStore(_Database):
     ) -> tuple[int, list[dict[str, Any]], str | None]:
         """Matching alerts in time order: (total matching, one page, cursor of the next page).
 
-        ``since`` is inclusive, ``until`` exclusive. ``cursor`` (from a previous page)
-        replaces ``offset`` and stays stable while new alerts arrive.
+        ``since`` is inclusive, ``until`` exclusive. ``txn_id`` matches the row id of any
+        data set; ``index`` the index the alert would go to. ``cursor`` (from a previous
+        page) replaces ``offset`` and stays stable while new alerts arrive.
         """
         where, params = [], []
         for column, value in (("level", level), ("txn_id", txn_id), ("model", model)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
+        if index is not None:
+            # rows of a store written before routing existed went to the default index
+            where.append("COALESCE(index_name, ?) = ?")
+            params += [self.default_index, index]
         if since_ns is not None:
             where.append("ts_ns >= ?")
             params.append(since_ns)

@@ -128,7 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             peer = KapacitorPeer(
                 udfs={"score": sock, "score_batch": batch_sock}, influx_url=influx.url
             ).start()
-            peer.load_task(TASK, template, task_vars["vars"], template_id="score_transactions")
+            peer.load_task(
+                TASK,
+                template,
+                task_vars["vars"],
+                template_id="score_transactions",
+                dbrps=task_vars["dbrps"],
+            )
             _wait(lambda: peer.tasks[TASK].runner and peer.tasks[TASK].runner.conn, 60)
             sup = Supervisor(
                 SupervisorConfig(sockets={"score": sock, "score_batch": batch_sock}),

@@ -58,7 +58,12 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
                    help="run folders go here (default %(default)s)")  # fmt: skip
     p.add_argument("--small", action="store_true", default=_truthy(e("SMALL")),
                    help="reduced mode for CI (also DEMO_SMALL=1): synthetic data, temp registry and data dir")  # fmt: skip
-    p.add_argument("--model", default=e("MODEL", "creditcard"), help="registered model name")
+    p.add_argument("--profile", default=e("PROFILE"),
+                   help="data-set profile (name in profiles/ or a TOML path): its synthetic "
+                   "generator or --csv, its model (named after it), its names end to end "
+                   "(default: credit cards)")  # fmt: skip
+    p.add_argument("--model", default=e("MODEL", "creditcard"),
+                   help="registered model name (with --profile: the profile's name)")  # fmt: skip
     p.add_argument("--version", default=e("VERSION", "production"), help="alias or version")
     threshold = e("THRESHOLD")
     p.add_argument("--threshold", type=float, default=float(threshold) if threshold else None,
@@ -76,6 +81,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
     return DemoConfig(
+        profile=args.profile or None,
         model=args.model,
         version=args.version,
         rate=args.rate,

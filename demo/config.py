@@ -19,6 +19,8 @@ class DemoConfig:
     folder in the reduced mode (``small``).
     """
 
+    #: a data-set profile (name or path); None or "creditcard": the credit-card demo
+    profile: str | None = None
     model: str = "creditcard"
     version: str = "production"
     rate: float = 0.0

@@ -26,12 +26,23 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _ident(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _query_lines(
-    session: requests.Session, url: str, q: str, *, chunk_size: int, timeout: float
+    session: requests.Session,
+    url: str,
+    q: str,
+    *,
+    chunk_size: int,
+    timeout: float,
+    database: str = contract.DATABASE,
+    retention_policy: str = contract.RETENTION_POLICY,
 ) -> Iterator[dict[str, Any]]:
     params = {
-        "db": contract.DATABASE,
-        "rp": contract.RETENTION_POLICY,
+        "db": database,
+        "rp": retention_policy,
         "q": q,
         "epoch": "ns",
         "chunked": "true",
@@ -61,18 +72,30 @@ def read_points(
     chunk_size: int = 10_000,
     timeout: float = 60.0,
     on_chunk: Callable[[int], None] | None = None,
+    database: str = contract.DATABASE,
+    retention_policy: str = contract.RETENTION_POLICY,
+    measurement: str = contract.INPUT_MEASUREMENT,
 ) -> list[dict[str, Any]]:
-    """Every ``transactions`` point of ``source`` in time order, as dicts with ``time`` (ns),
-    the features, ``txn_id``, ``label`` and ``source``."""
+    """Every input point of ``source`` in time order (``transactions`` unless a data set's
+    database, retention policy and measurement are given), as dicts with ``time`` (ns),
+    the fields and the tags."""
     q = (
-        f'SELECT * FROM "{contract.INPUT_MEASUREMENT}" '
+        f"SELECT * FROM {_ident(measurement)} "
         f'WHERE "{contract.SOURCE_TAG}" = {_quote(source)} ORDER BY time ASC'
     )
     own = session is None
     session = session or requests.Session()
     rows: list[dict[str, Any]] = []
     try:
-        for chunk in _query_lines(session, url, q, chunk_size=chunk_size, timeout=timeout):
+        for chunk in _query_lines(
+            session,
+            url,
+            q,
+            chunk_size=chunk_size,
+            timeout=timeout,
+            database=database,
+            retention_policy=retention_policy,
+        ):
             for res in chunk.get("results", []):
                 if "error" in res:
                     raise InfluxError(f"query {q!r} failed: {res['error']}")

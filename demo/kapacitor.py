@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "go_json_float",
     "go_json_str",
     "go_print",
+    "render_template",
     "rfc3339_nano",
 ]
 
@@ -188,12 +190,47 @@ class AlertState:
         return level, previous, max(0, duration)
 
 
+_ACTION = re.compile(r'\{\{\s*index\s+\.(Fields|Tags)\s+"((?:[^"\\]|\\.)*)"\s*\}\}')
+
+
+def render_template(template: str, rec: ScoredRecord, *, html: bool = False) -> str:
+    """A task's alert template (``{{ index .Fields "NAME" }}`` / ``.Tags`` actions only, as
+    models.profile_tasks writes them) for one point: text/template for the id and message,
+    html/template (values HTML-escaped) for the details."""
+
+    def action(m: re.Match[str]) -> str:
+        name = m.group(2).replace('\\"', '"').replace("\\\\", "\\")
+        if m.group(1) == "Tags":
+            value = rec.tags.get(name, NO_VALUE)
+        else:
+            value = go_print(rec.fields.get(name))
+        return _html_escape(value) if html else value
+
+    return _ACTION.sub(action, template)
+
+
 def alert_body(
-    rec: ScoredRecord, *, level: str, previous: str, duration_ns: int, measurement: str
+    rec: ScoredRecord,
+    *,
+    level: str,
+    previous: str,
+    duration_ns: int,
+    measurement: str,
+    texts: Mapping[str, str] | None = None,
 ) -> bytes:
-    """The JSON Kapacitor's ``.post()`` sends for this point (compact, Go key order)."""
+    """The JSON Kapacitor's ``.post()`` sends for this point (compact, Go key order).
+    ``texts``: the alert task's ``alert_id``, ``message`` and ``details`` templates of a
+    data set (models.profile_tasks.alert_texts); None: the credit-card alert task's."""
     values = _template_values(rec)
     esc = {k: _html_escape(v) for k, v in values.items()}
+    if texts is None:
+        ident = alert_id(rec)
+        message = MESSAGE_TEMPLATE.format(**values)
+        details = DETAILS_TEMPLATE.format(**esc)
+    else:
+        ident = render_template(texts["alert_id"], rec)
+        message = render_template(texts["message"], rec)
+        details = render_template(texts["details"], rec, html=True)
     time_s = rfc3339_nano(rec.time_ns)
     names = sorted(rec.fields)
     columns = ["time", *names]
@@ -205,9 +242,9 @@ def alert_body(
         + ',"values":[[' + ",".join(row) + "]]}"
     )  # fmt: skip
     body = (
-        '{"id":' + go_json_str(alert_id(rec))
-        + ',"message":' + go_json_str(MESSAGE_TEMPLATE.format(**values))
-        + ',"details":' + go_json_str(DETAILS_TEMPLATE.format(**esc))
+        '{"id":' + go_json_str(ident)
+        + ',"message":' + go_json_str(message)
+        + ',"details":' + go_json_str(details)
         + ',"time":' + go_json_str(time_s)
         + ',"duration":' + str(int(duration_ns))
         + ',"level":' + go_json_str(level)

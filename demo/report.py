@@ -160,6 +160,8 @@ def _money(v: float) -> str:
 
 def format_summary(r: dict[str, Any]) -> str:
     q, rp, al, mdl, data = r["quality"], r["replay"], r["alerts"], r["model"], r["data"]
+    prof = r.get("profile")  # another data set than credit cards
+    positive = "fraud" if prof is None else "positive"
     lat = rp.get("latency_ms", {})
     trained = (
         f", trained now in {mdl['trained']['fit_seconds']:.1f} s" if mdl.get("trained") else ""
@@ -167,7 +169,7 @@ def format_summary(r: dict[str, Any]) -> str:
     lines = [
         f"Demo finished in {r['seconds']:.1f} s. Run folder: {r['run_dir']}",
         f"  data     {data['source']}: replayed the test split, {data['test_rows']:,} rows "
-        f"({data['test_fraud']} fraud){' via InfluxDB ' + r['influx']['url'] if r.get('influx') else ''}",
+        f"({data['test_fraud']} {positive}){' via InfluxDB ' + r['influx']['url'] if r.get('influx') else ''}",
         f"  model    {mdl['name']} v{mdl['version']} ({mdl.get('candidate') or mdl['framework']}"
         f"{trained}), threshold {mdl['threshold']:.4g}",
         f"  scored   {rp['points']:,} points through the UDF agent, "
@@ -177,7 +179,13 @@ def format_summary(r: dict[str, Any]) -> str:
         f"  quality  precision {q['precision']:.3f}  recall {q['recall']:.3f}  F1 {q['f1']:.3f}  "
         f"(TP {q['tp']}, FP {q['fp']}, FN {q['fn']})",
         f"  fraud    caught {_money(q['fraud_amount_caught'])}, missed "
-        f"{_money(q['fraud_amount_missed'])} ({100 * q['fraud_amount_caught_frac']:.1f} % caught)",
+        f"{_money(q['fraud_amount_missed'])} ({100 * q['fraud_amount_caught_frac']:.1f} % caught)"
+        if prof is None
+        else f"  {prof['value']:<8} caught {q['fraud_amount_caught']:,.2f}, missed "
+        f"{q['fraud_amount_missed']:,.2f} ({100 * q['fraud_amount_caught_frac']:.1f} % caught)"
+        if prof.get("value")
+        else f"  data set {prof['name']}: {prof['measurement']} -> {prof['scored_measurement']} "
+        f"in {prof['database']}, alerts in index {prof['alert_index']}",
         f"  speed    {rp['throughput']:,.0f} points/s; latency p50 {lat.get('p50', float('nan')):.2f} ms, "
         f"p99 {lat.get('p99', float('nan')):.2f} ms (point sent -> scored point back)",
         f"  files    {r['files']['plot']}  {r['files']['json']}  {r['files']['alerts_db']}",

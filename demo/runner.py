@@ -170,6 +170,15 @@ def run_demo(
     headers and the summary (stdout), ``status`` the live line (stderr)."""
     out = out if out is not None else sys.stdout
     status = status if status is not None else sys.stderr
+    if config.profile:
+        from models.profile import DEFAULT_PROFILE, load_profile
+
+        with stage("load profile", None):
+            profile = load_profile(config.profile)
+        if profile.name != DEFAULT_PROFILE:
+            from .profile_runner import run_profile_demo
+
+            return run_profile_demo(config, profile, out=out, status=status)
     started = time.perf_counter()
     python = config.python or sys.executable
     with contextlib.ExitStack() as stack:

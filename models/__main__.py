@@ -1,4 +1,4 @@
-"""``python -m models``: train, evaluate, promote, list, sign, split, train-tf.
+"""``python -m models``: train, evaluate, promote, list, sign, split, train-tf, profile.
 
 Flags fall back to ``MODELS_*`` environment variables where noted
 (``MODELS_REGISTRY``, ``MODELS_DATA_DIR``, ``MODELS_RUNS_DIR``).
@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--serving-dir", default="models/serving")
     tf.add_argument("--promote", metavar="ALIAS")
     tf.add_argument("--registry", default=None)
+
+    pf = sub.add_parser("profile", help="data-set profiles")
+    pf_sub = pf.add_subparsers(dest="profile_command", required=True)
+    from .profile_tasks import add_tasks_parser
+
+    add_tasks_parser(pf_sub)
     return parser
 
 
@@ -245,6 +251,14 @@ def cmd_train_tf(args) -> int:
     return cli_train_tf(args)
 
 
+def cmd_profile(args) -> int:
+    if args.profile_command == "tasks":
+        from .profile_tasks import cmd_tasks
+
+        return cmd_tasks(args)
+    raise ModelsError(f"unknown profile command {args.profile_command!r}")
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -253,6 +267,7 @@ COMMANDS = {
     "sign": cmd_sign,
     "split": cmd_split,
     "train-tf": cmd_train_tf,
+    "profile": cmd_profile,
 }
 
 

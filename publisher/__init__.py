@@ -1,4 +1,4 @@
-"""Replays test-set transactions into InfluxDB 1.x as the data contract's `transactions`."""
+"""Replays a data set's test rows into InfluxDB 1.x as its profile's input points."""
 
 from .config import PublisherConfig
 from .core import Publisher, PublishResult

@@ -33,9 +33,16 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     env = os.environ if environ is None else environ
     p = argparse.ArgumentParser(
         prog="python -m publisher",
-        description="Replay test-set transactions into InfluxDB 1.x as `transactions` points "
-        "stamped with the current time. Every flag falls back to PUBLISHER_<FLAG> "
-        "(e.g. PUBLISHER_INFLUX_URL).",
+        description="Replay a data set's test rows into InfluxDB 1.x as points of its profile's "
+        "input measurement (credit-card `transactions` by default), stamped with the current "
+        "time. Every flag falls back to PUBLISHER_<FLAG> (e.g. PUBLISHER_INFLUX_URL).",
+    )
+    p.add_argument(
+        "--profile",
+        default=_env(env, "PROFILE"),
+        help="data-set profile, a name in profiles/ or a path to a TOML file: measurement, "
+        "database, retention policy, tags, id and label come from it (default: the "
+        "credit-card data set)",
     )
     p.add_argument(
         "--influx-url",
@@ -44,15 +51,21 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     p.add_argument(
         "--database",
-        default=_env(env, "DATABASE", "fraud"),
-        help="database, created if missing (default %(default)s)",
+        default=_env(env, "DATABASE"),
+        help="database, created if missing (default: the profile's, fraud for credit cards)",
+    )
+    p.add_argument(
+        "--retention-policy",
+        default=_env(env, "RETENTION_POLICY"),
+        help="retention policy written to (default: the profile's with --profile, else the "
+        "database's default)",
     )
     p.add_argument(
         "--csv",
         type=Path,
         default=Path(_env(env, "CSV", "data/test.csv")),
-        help="Kaggle-schema CSV with txn_id (default %(default)s; "
-        "create it with `python -m models split`)",
+        help="CSV with the profile's columns; for credit cards the Kaggle schema with txn_id "
+        "(default %(default)s; create it with `python -m models split`)",
     )
     # String defaults from the environment go through argparse's `type`, so a bad
     # PUBLISHER_* number is a usage error naming the flag, not a traceback.
@@ -138,9 +151,25 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
 
 
 def config_from_args(args: argparse.Namespace) -> PublisherConfig:
+    """The run's configuration; names left out come from the profile (loaded here, so a
+    bad profile is a usage error naming it)."""
+    database = args.database
+    retention_policy = args.retention_policy
+    if args.profile or not database:
+        from models.profile import ProfileError, load_profile
+
+        try:
+            profile = load_profile(args.profile)
+        except ProfileError as exc:
+            raise ConfigError(f"--profile: {exc}") from exc
+        database = database or profile.database
+        if args.profile:
+            retention_policy = retention_policy or profile.retention_policy
     return PublisherConfig(
         influx_url=args.influx_url,
-        database=args.database,
+        database=database,
+        retention_policy=retention_policy,
+        profile=args.profile or None,
         csv=args.csv,
         rate=args.rate,
         count=args.count,
@@ -168,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = config_from_args(args)
-        samples = load_samples(config.csv, source=config.source)
+        samples = load_samples(config.csv, source=config.source, profile=config.profile)
     except (ConfigError, DataError) as exc:
         log.error("event=startup_failed error=%r", str(exc))
         print(f"publisher: error: {exc}", file=sys.stderr)
@@ -177,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     writer = InfluxWriter(
         url=config.influx_url,
         database=config.database,
+        retention_policy=config.retention_policy,
         username=config.username,
         password=config.password,
         timeout=config.timeout,

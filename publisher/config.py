@@ -22,6 +22,10 @@ def default_source() -> str:
 class PublisherConfig:
     influx_url: str
     database: str = "fraud"
+    #: None: the database's default retention policy
+    retention_policy: str | None = None
+    #: the data-set profile (name or path); None: the credit-card data set
+    profile: str | None = None
     csv: Path = Path("data/test.csv")
     rate: float = 100.0  #: points per second; 0 = as fast as InfluxDB accepts
     count: int | None = None  #: stop after this many points; None = run forever
@@ -50,6 +54,8 @@ class PublisherConfig:
             )
         if not self.database:
             problems.append("--database must not be empty")
+        if self.retention_policy is not None and not self.retention_policy:
+            problems.append("--retention-policy must not be empty")
         if self.rate < 0:
             problems.append(f"--rate must be >= 0 (0 = unlimited), got {self.rate}")
         if self.count is not None and self.count < 0:

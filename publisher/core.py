@@ -218,10 +218,12 @@ class Publisher:
         sender.start()
         started = self._clock()
         log.info(
-            "event=start url=%s database=%s mode=%s rate_pps=%s count=%s batch_size=%d "
-            "samples=%d source=%s",
+            "event=start url=%s database=%s retention_policy=%s measurement=%r mode=%s "
+            "rate_pps=%s count=%s batch_size=%d samples=%d source=%s",
             self.writer.url,
             cfg.database,
+            cfg.retention_policy or "default",
+            self.samples.measurement,
             cfg.mode,
             cfg.rate or "unlimited",
             cfg.count if cfg.count is not None else "forever",

@@ -34,6 +34,7 @@ class InfluxWriter:
         *,
         url: str,
         database: str,
+        retention_policy: str | None = None,
         username: str | None = None,
         password: str | None = None,
         timeout: float = 10.0,
@@ -41,13 +42,18 @@ class InfluxWriter:
     ) -> None:
         self.url = url.rstrip("/")
         self.database = database
+        #: None: the database's default retention policy (``autogen`` after CREATE DATABASE)
+        self.retention_policy = retention_policy
         self.timeout = timeout
         self.session = session or requests.Session()
         if username is not None:
             self.session.auth = (username, password or "")
 
     def __repr__(self) -> str:
-        return f"InfluxWriter(url={self.url!r}, database={self.database!r})"
+        return (
+            f"InfluxWriter(url={self.url!r}, database={self.database!r}, "
+            f"retention_policy={self.retention_policy!r})"
+        )
 
     def close(self) -> None:
         self.session.close()
@@ -93,11 +99,14 @@ class InfluxWriter:
 
     def write(self, body: bytes) -> None:
         """Write one batch of line protocol (ns precision)."""
+        params = {"db": self.database, "precision": "ns"}
+        if self.retention_policy:
+            params["rp"] = self.retention_policy
         self._request(
             "POST",
             "/write",
             "write",
-            params={"db": self.database, "precision": "ns"},
+            params=params,
             data=body,
             headers={"Content-Type": "text/plain; charset=utf-8"},
         )

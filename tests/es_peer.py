@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fnmatch
 import json
 import re
 import socket
@@ -29,7 +30,45 @@ from typing import Any
 __all__ = ["ElasticsearchPeer"]
 
 _COMPAT = re.compile(r"compatible-with=(\d+)")
-_TYPES = {"float": (int, float), "integer": (int,), "keyword": (str,), "text": (str,)}
+_TYPES = {
+    "float": (int, float),
+    "double": (int, float),
+    "integer": (int,),
+    "long": (int, float),  # Elasticsearch coerces a fraction into a long by default
+    "keyword": (str,),
+    "text": (str,),
+}
+_NUMERIC = {"float", "double", "integer", "long"}
+
+
+def _json_kind(value: Any) -> str:
+    """Elasticsearch's ``match_mapping_type`` of a JSON value."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "long"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, dict):
+        return "object"
+    return "string"
+
+
+def _dynamic_type(mapping: dict, path: str, value: Any) -> str:
+    kind = _json_kind(value)
+    looks_like_date = re.match(r"^\d{4}[-/]\d{2}[-/]\d{2}", str(value))
+    if kind == "string" and mapping.get("date_detection", True) and looks_like_date:
+        kind = "date"
+    for entry in mapping.get("dynamic_templates", []):
+        ((_, rule),) = entry.items()
+        if "path_match" in rule and not fnmatch.fnmatchcase(path, rule["path_match"]):
+            continue
+        if rule.get("match_mapping_type", "*") not in ("*", kind):
+            continue
+        return rule["mapping"].get("type", "object")
+    return {"boolean": "boolean", "long": "long", "double": "float", "date": "date"}.get(
+        kind, "text"
+    )
 
 
 @dataclass
@@ -79,6 +118,8 @@ class ElasticsearchPeer:
         self.lock = threading.Lock()
         self.templates: dict[str, dict] = {}
         self.indices: dict[str, dict[str, dict]] = {}
+        #: index -> {dotted field: type} mapped dynamically by the documents it took
+        self.dynamic_fields: dict[str, dict[str, str]] = {}
         self.index_ops: Counter[str] = Counter()  # successful index ops per _id
         self.requests: list[Recorded] = []
         # failure switches
@@ -136,27 +177,44 @@ class ElasticsearchPeer:
             return "Content-Type and Accept version requests have to match."
         return None
 
-    def check_field(self, mapping: dict, key: str, value: Any) -> str | None:
+    def check_field(
+        self, mapping: dict, key: str, value: Any, index: str | None = None
+    ) -> str | None:
+        """Map one (dotted) key of a document as Elasticsearch would: declared fields are
+        type-checked; an undeclared one is refused under ``dynamic: strict`` (the nearest
+        object's setting wins over the root's), else mapped by the first matching
+        ``dynamic_templates`` entry (or Elasticsearch's default) from its JSON type, and
+        that mapping then holds for every later document of the index."""
         props = mapping.get("properties", {})
-        parts = key.split(".")
+        dynamic = mapping.get("dynamic", True)
         spec: dict | None = None
-        for part in parts:
+        for part in key.split("."):
             spec = props.get(part)
             if spec is None:
                 break
+            dynamic = spec.get("dynamic", dynamic)
             props = spec.get("properties", {})
         if spec is None:
-            if mapping.get("dynamic") == "strict":
-                return f"strict_dynamic_mapping_exception: mapping set to strict, dynamic introduction of [{key}] is not allowed"
-            return None
+            learned = self.dynamic_fields.setdefault(index or "", {})
+            if key in learned:
+                spec = {"type": learned[key]}
+            else:
+                if dynamic == "strict" or dynamic == "strict_allow_templates":
+                    return f"strict_dynamic_mapping_exception: mapping set to strict, dynamic introduction of [{key}] is not allowed"
+                if value is None or dynamic is False or dynamic == "false":
+                    return None
+                learned[key] = _dynamic_type(mapping, key, value)
+                return None
         if value is None:
             return None
         kind = spec.get("type")
         if kind == "date":
             ok = isinstance(value, str) and re.match(r"^\d{4}-\d{2}-\d{2}T", value)
+        elif kind == "boolean":
+            ok = isinstance(value, bool)
         elif kind in _TYPES:
             ok = isinstance(value, _TYPES[kind]) and not isinstance(value, bool)
-            if not ok and kind in ("float", "integer") and isinstance(value, str):
+            if not ok and kind in _NUMERIC and isinstance(value, str):
                 try:
                     float(value)
                     ok = True
@@ -361,7 +419,7 @@ class _Handler(BaseHTTPRequestHandler):
                 mapping = peer.mapping_for(index)
                 problem = None
                 for key, value in source.items():
-                    problem = peer.check_field(mapping, key, value)
+                    problem = peer.check_field(mapping, key, value, index)
                     if problem:
                         break
                 if problem:

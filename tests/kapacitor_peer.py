@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -714,16 +714,18 @@ class KapacitorPeer:
         *,
         template_id: str = "",
         status: str = "enabled",
+        dbrps: Sequence[Mapping[str, str]] = (),
     ) -> PeerTask:
-        """Define a task as the load directory does (a template's script and vars file)."""
+        """Define a task as the load directory does (a template's script and vars file,
+        whose ``dbrps`` name the database when the script has no dbrp statement)."""
         vars_ = {
             k: {"type": v["type"], "value": v["value"], "description": v.get("description", "")}
             for k, v in (task_vars or {}).items()
         }
-        task = self._create(
-            {"id": task_id, "script": script, "vars": vars_, "status": "disabled"},
-            template_id=template_id,
-        )
+        body = {"id": task_id, "script": script, "vars": vars_, "status": "disabled"}
+        if dbrps:
+            body["dbrps"] = [dict(d) for d in dbrps]
+        task = self._create(body, template_id=template_id)
         if status == "enabled":
             self._set_status(task, "enabled")
         return task

@@ -327,6 +327,25 @@ def test_influxdb_setup_gives_each_user_only_its_rights(tmp_path):
             "supervisor": False,
         }  # fmt: skip
 
+        # another data set's database: created, and each user has the same rights on it
+        env = _setup_env(url, INFLUXDB_READ_USER_PASSWORD="r2",
+                         INFLUXDB_EXTRA_DATABASES="maintenance plant db")  # fmt: skip
+        r = subprocess.run([bash, str(INFLUX_SETUP)], env=env, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        def grants(user: str) -> list:
+            q = f'SHOW GRANTS FOR "{user}"'
+            return sorted(server.query(q, epoch=None)[0]["series"][0]["values"])
+
+        assert grants("publisher") == [
+            ["db", "WRITE"], ["fraud", "WRITE"], ["maintenance", "WRITE"], ["plant", "WRITE"]
+        ]  # fmt: skip
+        assert grants("grafana") == [
+            ["db", "READ"], ["fraud", "READ"], ["maintenance", "READ"], ["plant", "READ"]
+        ]  # fmt: skip
+        assert ["chronograf", "READ"] in grants("chronograf") and len(grants("chronograf")) == 5
+
         # wrong admin password: a clear failure, not a hang
         env = _setup_env(url, INFLUXDB_ADMIN_PASSWORD="wrong", INFLUXDB_SETUP_TIMEOUT="0")
         r = subprocess.run([bash, str(INFLUX_SETUP)], env=env, capture_output=True, text=True,
@@ -390,6 +409,21 @@ def test_elasticsearch_setup_creates_least_privilege_users(tmp_path):
         assert grafana["roles"] == ["fraud_alerts_reader"] and grafana["password"] == "gf-pw"
         writer = calls[("PUT", "/_security/user/alert_sink")]
         assert writer["roles"] == ["fraud_alerts_writer"] and writer["password"] == "as-pw"
+        # another data set's alert index: both roles cover it
+        seen.clear()
+        r = subprocess.run([bash, str(ES_SETUP)], capture_output=True, text=True, timeout=60,
+                           env={**env, "ALERT_INDICES": "fraud-alerts machine-failure-alerts"})  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        calls = {(m, p): b for m, p, b in seen if m != "GET"}
+        for role in ("fraud_alerts_reader", "fraud_alerts_writer"):
+            (indices,) = calls[("PUT", f"/_security/role/{role}")]["indices"]
+            assert indices["names"] == [
+                "fraud-alerts", "fraud-alerts-*", "machine-failure-alerts",
+                "machine-failure-alerts-*",
+            ]  # fmt: skip
+        r = subprocess.run([bash, str(ES_SETUP)], capture_output=True, text=True, timeout=60,
+                           env={**env, "ALERT_INDICES": 'bad" index'})  # fmt: skip
+        assert r.returncode == 64 and "not an index name" in r.stderr
         # without the superuser's password nothing is created, and the script says so
         seen.clear()
         env.update(ELASTIC_PASSWORD="wrong", ES_SETUP_TIMEOUT="0")

@@ -47,9 +47,9 @@ from udf_agent.supervise.tickscript import parse
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = Path(__file__).parent / "fixtures" / "kapacitor-api"
 TEMPLATE = (ROOT / "tickscripts" / "templates" / "score_transactions.tick").read_text()
-TASK_VARS = json.loads((ROOT / "tickscripts" / "tasks" / "score_creditcard.json").read_text())[
-    "vars"
-]
+TASK_FILE = json.loads((ROOT / "tickscripts" / "tasks" / "score_creditcard.json").read_text())
+TASK_VARS = TASK_FILE["vars"]
+TASK_DBRPS = TASK_FILE["dbrps"]
 FEATURES = ["Time", *(f"V{i}" for i in range(1, 29)), "Amount"]
 TASK = "score_creditcard"
 
@@ -88,7 +88,9 @@ class Rig:
         ).start()
         task_vars = json.loads(json.dumps(task_vars or TASK_VARS))
         task_vars["threshold"] = {"type": "float", "value": threshold}
-        self.peer.load_task(TASK, TEMPLATE, task_vars, template_id="score_transactions")
+        self.peer.load_task(
+            TASK, TEMPLATE, task_vars, template_id="score_transactions", dbrps=TASK_DBRPS
+        )
         wait_for(lambda: self.task.executing and self.task.runner.conn, what="task connected")
         self.n = 0
         self.published: list[str] = []
@@ -777,8 +779,8 @@ def _task(script: str) -> dict:
 @pytest.mark.parametrize(
     "change, reason",
     [
-        ("|from()\n        .measurement('transactions')",
-         "|from()\n        .measurement('transactions')\n        .where(lambda: TRUE)",
+        ("        .measurement(measurement)",
+         "        .measurement(measurement)\n        .where(lambda: TRUE)",
          ),
         ("@score()", "|eval(lambda: 1).as('one')\n    @score()"),
         (".precision('ns')", ".precision('ns')\n    |log()"),
@@ -919,7 +921,9 @@ def test_agent_restart_leaves_nothing_unscored(tmp_path, influxdb):
     peer.start()
     sup = None
     try:
-        peer.load_task(TASK, TEMPLATE, TASK_VARS, template_id="score_transactions")
+        peer.load_task(
+            TASK, TEMPLATE, TASK_VARS, template_id="score_transactions", dbrps=TASK_DBRPS
+        )
         wait_for(lambda: peer.tasks[TASK].runner.conn, what="the task's connection")
         sup = subprocess.Popen(
             [sys.executable, "-m", "udf_agent.supervise", "--kapacitor-url", peer.url,

@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from models import contract
+from models.profile import Profile, load_profile, profile_names
 from udf_agent.options import OPTION_SPECS, parse_init_options
 from udf_agent.protocol import messages as pb
 from udf_agent.protocol.codec import encode_frame
@@ -226,7 +228,9 @@ class Parser:
             if self.peek() is not None and self.peek().kind == "op" and self.peek().text in "|@":
                 raise TickSyntaxError(f"line {first.line}: a literal cannot start a chain")
         elif first.kind == "lambda":
-            lam = self.parse_arg()
+            self.next()
+            self.expect("op", ":")
+            lam = self.parse_lambda(first.line, statement=True)
             self.script.vars[name] = VarDecl(name, "lambda", default=lam)
         else:
             start = self.expect("ident").text
@@ -287,13 +291,26 @@ class Parser:
             return self.parse_lambda(tok.line)
         raise TickSyntaxError(f"line {tok.line}: unexpected argument {tok.text!r}")
 
-    def parse_lambda(self, line: int) -> Arg:
+    def parse_lambda(self, line: int, *, statement: bool = False) -> Arg:
+        """A lambda argument (up to ``,`` or ``)``), or a var's lambda (``statement``: up
+        to the script's end or the first token on a later line that no operator joins)."""
         depth = 0
         body: list[Tok] = []
         while True:
             tok = self.peek()
             if tok is None:
+                if statement and body and depth == 0:
+                    break
                 raise TickSyntaxError(f"line {line}: unterminated lambda")
+            if (
+                statement
+                and body
+                and depth == 0
+                and tok.line > body[-1].line
+                and not _joins(body[-1])
+                and not _joins(tok)
+            ):
+                break
             if tok.kind == "op" and tok.text == "(":
                 depth += 1
             elif tok.kind == "op" and tok.text == ")":
@@ -315,6 +332,13 @@ class Parser:
         return Arg("lambda", " ".join(t.text for t in body), line, refs=refs, funcs=funcs)
 
 
+def _joins(tok: Tok) -> bool:
+    """An operator that continues an expression onto the next line."""
+    if tok.kind in ("AND", "OR"):
+        return True
+    return tok.kind == "op" and tok.text not in (")", "]")
+
+
 def parse(src: str) -> Script:
     return Parser(src).parse()
 
@@ -325,18 +349,27 @@ PB_TYPE = {"string": pb.STRING, "int": pb.INT, "float": pb.DOUBLE, "duration": p
 PB_TYPE["bool"] = pb.BOOL
 TYPE_OF_PB = {v: k for k, v in PB_TYPE.items()}
 
-MEASUREMENTS = {
-    contract.INPUT_MEASUREMENT: {
-        "fields": set(contract.INPUT_FIELDS),
-        "tags": {contract.SOURCE_TAG},
-    },
-    contract.SCORED_MEASUREMENT: {
-        "fields": set(contract.INPUT_FIELDS) | set(contract.OUTPUT_FIELDS),
-        "tags": {contract.SOURCE_TAG, *contract.OUTPUT_TAGS},
-    },
-}
-WRITABLE = {contract.SCORED_MEASUREMENT, contract.MODEL_QUALITY_MEASUREMENT}
-TEMPLATE_NAME_RE = re.compile(r'index \.(Fields|Tags) "([^"]+)"')
+
+def measurements(profile: Profile) -> dict[str, dict[str, set[str]]]:
+    """The fields and tags of a data set's input and scored measurements."""
+    fields = set(profile.input_fields)
+    for extra in (profile.value, profile.order):
+        if extra is not None and extra not in profile.tags:
+            fields.add(extra)  # the publisher sends them (dashboards sum the value)
+    tags = {contract.SOURCE_TAG, *profile.tags}
+    return {
+        profile.measurement: {"fields": fields, "tags": tags},
+        profile.scored_measurement: {
+            "fields": fields | set(contract.OUTPUT_FIELDS),
+            "tags": tags | set(contract.OUTPUT_TAGS),
+        },
+    }
+
+
+CREDITCARD = load_profile("creditcard")
+MEASUREMENTS = measurements(CREDITCARD)
+assert set(MEASUREMENTS) == {contract.INPUT_MEASUREMENT, contract.SCORED_MEASUREMENT}
+TEMPLATE_NAME_RE = re.compile(r'index \.(Fields|Tags) "((?:[^"\\]|\\.)+)"')
 # What Kapacitor's alert node hands its .id() template (idInfo); Fields, Level, Time and ID
 # exist only for .message() and .details(), and an id naming them fails at the first alert.
 ID_TEMPLATE_DATA = {"Name", "TaskName", "Group", "Tags", "ServerInfo"}
@@ -355,14 +388,55 @@ def arg_type(arg: Arg, script: Script) -> str:
     return arg.kind
 
 
-def check_script(script: Script, *, udfs: set[str]) -> list[str]:
-    """Every problem found, as readable sentences (empty list = fine)."""
+def parse_lambda_text(text: str) -> Arg:
+    """A lambda var's value as Kapacitor reads it from a task file (``ast.ParseLambda``)."""
+    lam = parse(f"var x = lambda: {text}").vars["x"].default
+    assert isinstance(lam, Arg) and lam.kind == "lambda"
+    return lam
+
+
+def resolve(arg: Arg, script: Script, values: dict) -> object:
+    """The value an argument has in a task: a literal, or its var from the task file, else
+    the var's default (a lambda var from a task file comes back parsed)."""
+    if arg.kind != "var":
+        return arg.value
+    decl = script.vars[arg.value]
+    if arg.value in values:
+        value = values[arg.value]["value"]
+        return parse_lambda_text(value) if decl.type == "lambda" else value
+    return decl.default
+
+
+def check_script(
+    script: Script,
+    *,
+    udfs: set[str],
+    task: dict | None = None,
+    profile: Profile = CREDITCARD,
+) -> list[str]:
+    """Every problem found, as readable sentences (empty list = fine). ``task`` is a task
+    file (its ``vars`` and ``dbrps``) of the template; the names are checked against
+    ``profile``'s measurements and fields."""
     problems: list[str] = []
-    if script.dbrps != [(contract.DATABASE, contract.RETENTION_POLICY)]:
-        problems.append(f'expected exactly dbrp "fraud"."autogen", got {script.dbrps}')
+    task = task or {}
+    values = task.get("vars", {})
+    known_measurements = measurements(profile)
+    writable = {profile.scored_measurement, contract.MODEL_QUALITY_MEASUREMENT}
+    want_dbrp = (profile.database, profile.retention_policy)
+    task_dbrps = [(d.get("db"), d.get("rp")) for d in task.get("dbrps", [])]
+    if script.dbrps and task_dbrps:
+        problems.append("dbrp both in the script and in the task file (Kapacitor refuses it)")
+    if task and not script.dbrps and not task_dbrps:
+        problems.append("no dbrp: the task file must name one (the template has none)")
+    dbrps = script.dbrps or task_dbrps or ([want_dbrp] if not task else [])
+    if dbrps != [want_dbrp]:
+        problems.append(f'expected exactly dbrp "{want_dbrp[0]}"."{want_dbrp[1]}", got {dbrps}')
     starts = {s for s, _ in script.chains} - set(script.vars)
     if not starts <= {"stream", "batch"}:
         problems.append(f"chains start from undeclared {sorted(starts)}")
+
+    def value(arg: Arg) -> object:
+        return resolve(arg, script, values)
 
     source_meas: str | None = None
     produced: set[str] = set()
@@ -387,14 +461,17 @@ def check_script(script: Script, *, udfs: set[str]) -> list[str]:
                     )
         elif node.name == "from":
             m = pmap.get("measurement")
-            if m is None or m.args[0].kind != "string":
+            if m is None or len(m.args) != 1 or arg_type(m.args[0], script) != "string":
                 problems.append(f"line {node.line}: from() needs .measurement('name')")
                 continue
-            source_meas = m.args[0].value
-            if source_meas not in MEASUREMENTS:
+            source_meas = value(m.args[0])
+            if source_meas not in known_measurements:
                 problems.append(f"line {m.line}: unknown measurement {source_meas!r}")
+            for prop, want in (("database", want_dbrp[0]), ("retentionPolicy", want_dbrp[1])):
+                if prop in pmap and value(pmap[prop].args[0]) != want:
+                    problems.append(f"line {pmap[prop].line}: from().{prop}() is not {want!r}")
             if "groupBy" in pmap:
-                tags = MEASUREMENTS.get(source_meas, {}).get("tags", set())
+                tags = known_measurements.get(source_meas, {}).get("tags", set())
                 for a in pmap["groupBy"].args:
                     if a.kind != "string" or a.value not in tags:
                         problems.append(f"line {a.line}: groupBy({a.value!r}) is not a tag")
@@ -402,15 +479,17 @@ def check_script(script: Script, *, udfs: set[str]) -> list[str]:
             db = pmap.get("database")
             rp = pmap.get("retentionPolicy")
             meas = pmap.get("measurement")
-            if not db or db.args[0].value != contract.DATABASE:
-                problems.append(f"line {node.line}: influxDBOut() must write database 'fraud'")
-            if not rp or rp.args[0].value != contract.RETENTION_POLICY:
+            if not db or value(db.args[0]) != want_dbrp[0]:
+                problems.append(
+                    f"line {node.line}: influxDBOut() must write database '{want_dbrp[0]}'"
+                )
+            if not rp or value(rp.args[0]) != want_dbrp[1]:
                 problems.append(f"line {node.line}: influxDBOut() must set retentionPolicy")
-            if not meas or meas.args[0].value not in WRITABLE:
+            if not meas or value(meas.args[0]) not in writable:
                 problems.append(f"line {node.line}: influxDBOut() writes an unknown measurement")
         elif node.name == "alert" and "id" in pmap:
             for a in pmap["id"].args:
-                for action in TEMPLATE_ACTION_RE.findall(str(a.value)):
+                for action in TEMPLATE_ACTION_RE.findall(str(value(a))):
                     for name in TEMPLATE_DATA_RE.findall(action):
                         if name not in ID_TEMPLATE_DATA:
                             problems.append(
@@ -422,24 +501,36 @@ def check_script(script: Script, *, udfs: set[str]) -> list[str]:
         if "as" in pmap and node.name in ("eval", "sum", "count"):
             produced |= {a.value for a in pmap["as"].args}
 
-    known = MEASUREMENTS.get(source_meas or "", {"fields": set(), "tags": set()})
+    known = known_measurements.get(source_meas or "", {"fields": set(), "tags": set()})
     names = known["fields"] | known["tags"]
+
+    def check_refs(lam: Arg, line: int) -> None:
+        for ref in lam.refs:
+            prefix, _, rest = ref.partition(".")
+            ok = ref in names or ref in produced or (rest and prefix in join_aliases)
+            if not ok:
+                problems.append(f'line {line}: lambda references unknown "{ref}"')
+        for f in lam.funcs:
+            if f not in LAMBDA_FUNCS:
+                problems.append(f"line {line}: unknown lambda function {f}()")
+
     for node, props in script.nodes():
         for c in [node, *props]:
             for a in c.args:
-                for ref in a.refs:
-                    prefix, _, rest = ref.partition(".")
-                    ok = ref in names or ref in produced or (rest and prefix in join_aliases)
-                    if not ok:
-                        problems.append(f'line {a.line}: lambda references unknown "{ref}"')
-                for f in a.funcs:
-                    if f not in LAMBDA_FUNCS:
-                        problems.append(f"line {a.line}: unknown lambda function {f}()")
-                if a.kind == "string":
-                    for kind, name in TEMPLATE_NAME_RE.findall(str(a.value)):
+                check_refs(a, a.line)
+                v = value(a)
+                if isinstance(v, str) and arg_type(a, script) == "string":
+                    for kind, name in TEMPLATE_NAME_RE.findall(v):
+                        name = name.replace('\\"', '"').replace("\\\\", "\\")
                         pool = known["fields"] if kind == "Fields" else known["tags"]
                         if name not in pool:
                             problems.append(f"line {a.line}: template names unknown {kind} {name}")
+    # lambda vars, as the task sets them: a lambda inlines them, so their fields count
+    for name, decl in script.vars.items():
+        if decl.type == "lambda":
+            lam = resolve(Arg("var", name, 0), script, values)
+            if isinstance(lam, Arg):
+                check_refs(lam, lam.line)
     return problems
 
 
@@ -465,12 +556,21 @@ def check_vars_file(data: dict, template: Script) -> list[str]:
             "float": isinstance(value, (int, float)) and not isinstance(value, bool),
             "bool": isinstance(value, bool),
             "duration": isinstance(value, str) and parse_duration(value) is not None,
+            "lambda": isinstance(value, str) and _lambda_ok(value),
         }.get(decl.type, True)
         if not ok:
             problems.append(f"var {name}: value {value!r} is not a valid {decl.type}")
     if "dbrps" in data and template.dbrps:
         problems.append("dbrps given both in the template (dbrp statement) and the vars file")
     return problems
+
+
+def _lambda_ok(text: str) -> bool:
+    try:
+        parse_lambda_text(text)
+    except (TickSyntaxError, AssertionError):
+        return False
+    return True
 
 
 _DUR = {"ns": 1, "u": 1e3, "us": 1e3, "µ": 1e3, "ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9}
@@ -551,6 +651,8 @@ def test_task_vars_fit_their_template(path, conf):
     assert data["template-id"] in templates, f"{path.name}: no template {data['template-id']}"
     template = parse(templates[data["template-id"]].read_text())
     assert check_vars_file(data, template) == []
+    # the template as this task resolves it: credit-card names, the task's dbrps
+    assert check_script(template, udfs=udf_names(conf), task=data) == []
     # what the agent will receive at init must be accepted by the agent's own parser
     if template.calls("@"):
         opts = parse_init_options(resolved_udf_options(template, data["vars"]))
@@ -586,7 +688,12 @@ def test_alert_template_posts_every_critical_point_through_the_conf_endpoint(con
     assert script.vars[endpoint.value].default in {e["endpoint"] for e in conf["httppost"]}
     (timeout,) = next(p for p in props if p.name == "timeout").args
     assert script.vars[timeout.value].type == "duration"
-    text = " ".join(str(a.value) for p in props for a in p.args if p.name in ("message", "details"))
+    text = " ".join(
+        str(resolve(a, script, {}))
+        for p in props
+        for a in p.args
+        if p.name in ("message", "details")
+    )
     for name in ("txn_id", "score", "threshold", "Amount", "model"):
         assert f'"{name}"' in text
 
@@ -1023,3 +1130,156 @@ def test_the_shipped_task_scores_with_the_cards_threshold_and_picks_up_a_challen
     finally:
         close_clients()
         server.stop()
+
+
+# -- task files of any data set (profiles) ---------------------------------------------------
+
+AWKWARD_PROFILE = """
+name = "awkward"
+[influxdb]
+database = "plant db, north"
+retention_policy = "one week"
+measurement = "machine readings,v=1"
+scored_measurement = "machine readings scored"
+[columns]
+id = "Row ID"
+label = "Machine failure"
+label_field = "failure flag"
+tags = ["Plant site"]
+[[features]]
+name = "Air temperature [K]"
+type = "float"
+[[features]]
+name = "Type = kind"
+type = "categorical"
+levels = ["H", "L"]
+[[features]]
+name = "O'Neil's index (a=b)"
+type = "int"
+[alerts]
+index = "awkward-alerts"
+message_fields = ["Row ID", "Type = kind", "Plant site", "failure flag"]
+"""
+
+
+def _profiles() -> dict[str, Profile]:
+    from models.profile import load_profile_text
+
+    shipped = {name: load_profile(name) for name in profile_names()}
+    return {**shipped, "awkward": load_profile_text(AWKWARD_PROFILE)}
+
+
+def _load_dir(tmp_path: Path, profile: Profile, **kw) -> Path:
+    from models.profile_tasks import Deployment, write_load_dir
+
+    d = Deployment(model=f"m_{profile.name}", description="x", profile=profile, **kw)
+    write_load_dir(tmp_path, [d])
+    return tmp_path
+
+
+def test_the_templates_default_to_the_creditcard_names():
+    """The credit-card task files set no data-set var: the defaults must be its names."""
+    from models.profile_tasks import profile_vars
+
+    for template, wanted in profile_vars(CREDITCARD).items():
+        script = parse((TICK_DIR / "templates" / f"{template}.tick").read_text())
+        assert not script.dbrps, f"{template}: a dbrp statement would fix the database"
+        for name, (kind, value) in wanted.items():
+            decl = script.vars[name]
+            assert decl.type == kind, (template, name)
+            if kind == "lambda":
+                assert decl.default.value == parse_lambda_text(value).value, (template, name)
+            else:
+                assert decl.default == value, (template, name)
+
+
+@pytest.mark.parametrize("name", list(_profiles()))
+def test_generated_task_files_pass_every_check(name, tmp_path, conf):
+    profile = _profiles()[name]
+    out = _load_dir(tmp_path, profile)
+    model = f"m_{profile.name}"
+    files = sorted(p.name for p in (out / "tasks").iterdir())
+    assert files == sorted(
+        [f"score_{model}.json", f"fraud_alert_{model}.json", f"model_quality_{model}.json"]
+    )
+    for template in (out / "templates").iterdir():
+        assert template.read_bytes() == (TICK_DIR / "templates" / template.name).read_bytes()
+    for path in (out / "tasks").iterdir():
+        data = json.loads(path.read_text())
+        assert data["dbrps"] == [{"db": profile.database, "rp": profile.retention_policy}]
+        template = parse((out / "templates" / f"{data['template-id']}.tick").read_text())
+        assert check_vars_file(data, template) == [], path.name
+        problems = check_script(template, udfs=udf_names(conf), task=data, profile=profile)
+        assert problems == [], (path.name, problems)
+        if template.calls("@"):
+            opts = parse_init_options(resolved_udf_options(template, data["vars"]))
+            assert opts.model == model and opts.threshold is None
+        if data["template-id"] == "fraud_alert":
+            message = resolve(
+                next(a for p in template.calls(".", "message") for a in p.args), template,
+                data["vars"],
+            )  # fmt: skip
+            for field_name in profile.message_fields:
+                assert f'"{field_name}" }}}}' in message, (field_name, message)
+
+
+def test_the_checks_catch_a_wrong_name_in_a_profile_task(tmp_path, conf):
+    profile = _profiles()["machine_failure"]
+    out = _load_dir(tmp_path, profile)
+    template = {
+        t: parse((out / "templates" / f"{t}.tick").read_text())
+        for t in ("score_transactions", "fraud_alert", "model_quality")
+    }
+    model = "m_machine_failure"
+
+    def problems(kind: str, edit) -> list[str]:
+        data = json.loads((out / "tasks" / f"{kind}_{model}.json").read_text())
+        edit(data)
+        tid = data["template-id"]
+        return check_script(template[tid], udfs=udf_names(conf), task=data, profile=profile)
+
+    def var(name, value):
+        return lambda d: d["vars"][name].update(value=value)
+
+    cases = [
+        ("model_quality", var("positive", '"Machine failure" == 1'), 'unknown "Machine failure"'),
+        ("fraud_alert", var("message", '{{ index .Fields "Torque" }}'), "unknown Fields Torque"),
+        ("fraud_alert", var("alert_id", '{{ index .Fields "UDI" }}'), "cannot use .Fields"),
+        ("score", var("measurement", "transactions"), "unknown measurement 'transactions'"),
+        ("score", lambda d: d.update(dbrps=[{"db": "fraud", "rp": "autogen"}]), "dbrp"),
+        ("score", lambda d: d.pop("dbrps"), "no dbrp"),
+        ("model_quality", var("database", "fraud"), "must write database 'maintenance'"),
+    ]
+    for kind, edit, expected in cases:
+        found = problems(kind, edit)
+        assert any(expected in p for p in found), (expected, found)
+
+
+def test_a_data_set_without_a_label_gets_no_quality_task(tmp_path):
+    from dataclasses import replace
+
+    profile = replace(_profiles()["machine_failure"], label=None, message_fields=("UDI",))
+    out = _load_dir(tmp_path, profile)
+    assert sorted(p.name for p in (out / "tasks").iterdir()) == [
+        "fraud_alert_m_machine_failure.json",
+        "score_m_machine_failure.json",
+    ]
+
+
+@pytest.mark.slow
+def test_models_profile_tasks_writes_a_load_directory(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "models", "profile", "tasks", "machine_failure", "-o",
+         str(tmp_path), "--model", "mf", "--threshold", "0.3", "--no-challenger"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    score = json.loads((tmp_path / "tasks" / "score_mf.json").read_text())
+    assert score["vars"]["threshold"]["value"] == 0.3 and "challenger" not in score["vars"]
+    assert score["vars"]["measurement"]["value"] == "machine_readings"
+    assert (tmp_path / "templates" / "score_transactions.tick").is_file()
+    r = subprocess.run(
+        [sys.executable, "-m", "models", "profile", "tasks", "nope", "-o", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2 and "no profile 'nope'" in r.stderr

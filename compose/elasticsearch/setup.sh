@@ -3,12 +3,28 @@
 #   - sets the password of the built-in kibana_system user (Kibana's connection user)
 #   - creates role fraud_alerts_writer and user alert_sink (least privilege for the sink)
 #   - creates role fraud_alerts_reader and user grafana (read-only, for Grafana's datasource)
+# Both roles cover the alert indices in ALERT_INDICES (space-separated, default
+# fraud-alerts; add a data set's [alerts] index, e.g. "fraud-alerts machine-failure-alerts")
+# and their rollover names (INDEX-*).
 # env: ES_URL, ELASTIC_PASSWORD, KIBANA_SYSTEM_PASSWORD, ALERT_SINK_ES_PASSWORD,
-#      GRAFANA_ES_PASSWORD; ES_SETUP_TIMEOUT (seconds to wait for the cluster, default 120)
+#      GRAFANA_ES_PASSWORD; ES_SETUP_TIMEOUT (seconds to wait for the cluster, default 120);
+#      ALERT_INDICES
 set -euo pipefail
 
 : "${ES_URL:?}" "${ELASTIC_PASSWORD:?}" "${KIBANA_SYSTEM_PASSWORD:?}" "${ALERT_SINK_ES_PASSWORD:?}"
 : "${GRAFANA_ES_PASSWORD:?}"
+
+# the index names of the roles, as a JSON list: "a", "a-*", "b", "b-*"
+read -r -a indices <<<"${ALERT_INDICES:-fraud-alerts}"
+[[ ${#indices[@]} -gt 0 ]] || indices=(fraud-alerts)
+NAMES=""
+for index in "${indices[@]}"; do
+    if ! [[ $index =~ ^[a-z0-9][a-z0-9_.+-]*$ ]]; then
+        echo "elasticsearch-setup event=error reason='not an index name: ${index}'" >&2
+        exit 64
+    fi
+    NAMES="${NAMES:+$NAMES, }\"${index}\", \"${index}-*\""
+done
 
 es() {
     # es METHOD PATH [JSON]: fails (and prints the body) on any non-2xx answer
@@ -39,7 +55,7 @@ es POST /_security/user/kibana_system/_password "{\"password\":\"${KIBANA_SYSTEM
 es PUT /_security/role/fraud_alerts_writer '{
   "cluster": ["monitor", "manage_index_templates"],
   "indices": [{
-    "names": ["fraud-alerts", "fraud-alerts-*"],
+    "names": ['"${NAMES}"'],
     "privileges": ["create_index", "write", "read", "view_index_metadata", "manage"]
   }]
 }'
@@ -55,7 +71,7 @@ es PUT /_security/user/alert_sink "{
 es PUT /_security/role/fraud_alerts_reader '{
   "cluster": ["monitor"],
   "indices": [{
-    "names": ["fraud-alerts", "fraud-alerts-*"],
+    "names": ['"${NAMES}"'],
     "privileges": ["read", "view_index_metadata"]
   }]
 }'

@@ -52,13 +52,16 @@ ENV APP_UID=${APP_UID} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONSAFEPATH=1 \
-    MODELS_REGISTRY=/app/models/registry
+    MODELS_REGISTRY=/app/models/registry \
+    TICK_PROFILES_DIR=/app/profiles
 RUN groupadd --system --gid "${APP_GID}" app \
  && useradd --system --uid "${APP_UID}" --gid app --home-dir /app --shell /usr/sbin/nologin app \
  && mkdir -p /app/data /app/models/registry /app/models/serving /app/spool /var/run/tick-anomaly \
  && chown -R app:app /app \
  # setgid directory: the socket keeps group "app", which Kapacitor joins (group_add)
  && chown app:app /var/run/tick-anomaly && chmod 2770 /var/run/tick-anomaly
+# the data-set profiles (--profile NAME); the default, creditcard, is read on every start
+COPY profiles /app/profiles
 COPY compose/scripts/healthcheck.py /usr/local/bin/tick-healthcheck
 COPY compose/scripts/model_bootstrap.sh /usr/local/bin/model-bootstrap
 RUN chmod 0755 /usr/local/bin/tick-healthcheck /usr/local/bin/model-bootstrap
