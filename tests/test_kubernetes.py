@@ -323,8 +323,10 @@ def _compose_es_security() -> tuple[dict[str, dict], dict[str, list[str]]]:
     """The roles (name -> body) and users (name -> roles) compose's elasticsearch-setup
     creates through the security API."""
     text = ES_SETUP.read_text(encoding="utf-8")
+    # the index names come from ALERT_INDICES (default: the credit-card index alone)
+    default_names = json.dumps(["fraud-alerts", "fraud-alerts-*"])
     roles = {
-        m.group(1): json.loads(m.group(2))
+        m.group(1): json.loads(m.group(2).replace("['\"${NAMES}\"']", default_names))
         for m in re.finditer(r"es PUT /_security/role/(\w+) '(\{.*?\})'", text, re.S)
     }
     users = {}

@@ -10,7 +10,11 @@
 #                                                             writes udf_events
 # Kapacitor keeps the admin account: creating and listing subscriptions needs admin rights.
 # Databases fraud and chronograf are created if missing (the publisher may not create one).
-# env: INFLUX_URL, INFLUXDB_ADMIN_USER/_PASSWORD and each user's name and _PASSWORD
+# Other data sets' databases (a profile's [influxdb] database) are named in
+# INFLUXDB_EXTRA_DATABASES="maintenance ...": created, and each user gets on them the
+# rights it has on fraud.
+# env: INFLUX_URL, INFLUXDB_ADMIN_USER/_PASSWORD and each user's name and _PASSWORD;
+#      INFLUXDB_EXTRA_DATABASES (space-separated, default none)
 set -euo pipefail
 
 : "${INFLUX_URL:?}" "${INFLUXDB_ADMIN_USER:?}" "${INFLUXDB_ADMIN_PASSWORD:?}"
@@ -22,6 +26,13 @@ set -euo pipefail
 
 DATABASE=fraud
 CHRONOGRAF_DATABASE=chronograf
+read -r -a EXTRA_DATABASES <<<"${INFLUXDB_EXTRA_DATABASES:-}"
+extra_writes=() extra_reads=() extra_all=()
+for db in ${EXTRA_DATABASES[@]+"${EXTRA_DATABASES[@]}"}; do
+    extra_writes+=("WRITE:$db")
+    extra_reads+=("READ:$db")
+    extra_all+=("ALL:$db")
+done
 
 log() { echo "influxdb-setup $*"; }
 
@@ -59,10 +70,10 @@ until curl -fsS -o /dev/null -u "${INFLUXDB_ADMIN_USER}:${INFLUXDB_ADMIN_PASSWOR
     waited=$((waited + 2))
 done
 
-for db in "$DATABASE" "$CHRONOGRAF_DATABASE"; do
+for db in "$DATABASE" "$CHRONOGRAF_DATABASE" ${EXTRA_DATABASES[@]+"${EXTRA_DATABASES[@]}"}; do
     q "CREATE DATABASE $(ident "$db")" >/dev/null
 done
-log "event=databases_ready databases=${DATABASE},${CHRONOGRAF_DATABASE}"
+log "event=databases_ready databases=${DATABASE},${CHRONOGRAF_DATABASE}${INFLUXDB_EXTRA_DATABASES:+ extra=${INFLUXDB_EXTRA_DATABASES}}"
 
 # user NAME PASSWORD PRIVILEGE:DATABASE...: exactly these rights, nothing more
 user() {
@@ -89,11 +100,14 @@ user() {
     log "event=privileges_set user=${name} grants=$(IFS=,; echo "$*")"
 }
 
-user "$INFLUXDB_WRITE_USER" "$INFLUXDB_WRITE_USER_PASSWORD" "WRITE:$DATABASE"
-user "$INFLUXDB_READ_USER" "$INFLUXDB_READ_USER_PASSWORD" "READ:$DATABASE"
+user "$INFLUXDB_WRITE_USER" "$INFLUXDB_WRITE_USER_PASSWORD" "WRITE:$DATABASE" \
+    ${extra_writes[@]+"${extra_writes[@]}"}
+user "$INFLUXDB_READ_USER" "$INFLUXDB_READ_USER_PASSWORD" "READ:$DATABASE" \
+    ${extra_reads[@]+"${extra_reads[@]}"}
 user "$INFLUXDB_CHRONOGRAF_USER" "$INFLUXDB_CHRONOGRAF_USER_PASSWORD" \
-    "READ:$DATABASE" "READ:$CHRONOGRAF_DATABASE"
+    "READ:$DATABASE" "READ:$CHRONOGRAF_DATABASE" ${extra_reads[@]+"${extra_reads[@]}"}
 # one privilege per database and user: a GRANT replaces the one before, so read and write is ALL
-user "$INFLUXDB_SUPERVISOR_USER" "$INFLUXDB_SUPERVISOR_USER_PASSWORD" "ALL:$DATABASE"
+user "$INFLUXDB_SUPERVISOR_USER" "$INFLUXDB_SUPERVISOR_USER_PASSWORD" "ALL:$DATABASE" \
+    ${extra_all[@]+"${extra_all[@]}"}
 
 log "event=done"
