@@ -230,8 +230,8 @@ def test_outage_of_any_kind_loses_nothing_and_duplicates_nothing(sink, peer):
     time.sleep(0.3)  # several failed retries
     assert spool_depth(sink) == 20
 
+    peer.unavailable_status = 503  # up but unhealthy, from its first answer on
     peer.start()  # same port, same data
-    peer.unavailable_status = 503  # up but unhealthy
     for b in bodies[30:40]:
         assert sink.post(b).status_code == 202
     time.sleep(0.3)
