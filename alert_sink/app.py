@@ -25,7 +25,7 @@ from .routing import Router, routes_summary
 from .shipper import Shipper
 from .storage import AlertStore, Spool
 
-__all__ = ["AlertSink", "create_app"]
+__all__ = ["AlertSink", "build_app"]
 
 log = logging.getLogger("alert_sink.http")
 
@@ -365,16 +365,13 @@ class _InFlight:
             self.sink.request_finished()
 
 
-def create_app(
-    config: SinkConfig | None = None,
+def build_app(
+    config: SinkConfig,
     *,
     target_factory: Callable[..., ElasticsearchTarget] = ElasticsearchTarget,
 ) -> Flask:
-    """Build the app. ``config=None`` reads ``ALERT_SINK_*`` from the environment."""
-    if config is None:
-        from .cli import config_from_env
-
-        config = config_from_env()
+    """Build the app from ``config`` (``alert_sink.create_app`` also reads it from the
+    environment, for gunicorn)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False

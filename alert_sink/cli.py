@@ -164,10 +164,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
     except ConfigError as exc:
         parser.error(str(exc))
 
-    from .app import create_app
+    from .app import build_app
 
     try:
-        app = create_app(config)
+        app = build_app(config)
     except AlertSinkError as exc:
         log.error("event=startup_failed error=%r", str(exc))
         return 1

@@ -234,10 +234,6 @@ class ElasticsearchTarget:
             return False
         return True
 
-    def server_version(self) -> str:
-        info = self._call("info", self.client.info)
-        return str(info.get("version", {}).get("number", "unknown"))
-
     def ensure_index(self) -> None:
         """Install the index templates and create the indices that do not exist yet."""
         for name, layouts in self.indices.items():
