@@ -1,8 +1,11 @@
-"""Model library figures: data generation and loading, training time per candidate, and
+"""Model library figures: data generation and loading, training time per candidate,
 scoring throughput/latency of registered pipelines through ``SklearnBackend`` against the
-bare estimator (the backend's overhead).
+bare estimator (the backend's overhead), and model selection: the default training
+(``models train``) beside an untuned HistGradientBoosting on the same split, for every
+shipped profile.
 
     .venv/bin/python -m bench.bench_models [--rows N] [--train-rows N]
+        [--selection-only] [--seeds 1,2,3] [--creditcard-rows N] [--machine-rows N]
 """
 
 from __future__ import annotations
@@ -42,11 +45,151 @@ def _latency(fn, X: np.ndarray, batch: int, seconds: float = 1.5) -> tuple[float
     return rows / total, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
+def _selection_sets(args) -> list[tuple[str, str | None, object]]:
+    """(label, profile name or None, frame) of each data set the selection is measured on."""
+    from models.data import make_synthetic
+    from models.synthetic import make_machine_failure
+
+    return [
+        # the size and positive count of the real credit-card subset the default lost on
+        (
+            "creditcard, 5.4k rows, 492 positives",
+            None,
+            make_synthetic(5_400, seed=11, fraud_rate=492 / 5_400),
+        ),
+        (
+            f"creditcard, {args.creditcard_rows // 1000}k rows, 0.17 %",
+            None,
+            make_synthetic(args.creditcard_rows, seed=12),
+        ),
+        (
+            f"machine_failure, {args.machine_rows // 1000}k rows",
+            "machine_failure",
+            make_machine_failure(args.machine_rows, seed=13),
+        ),
+    ]
+
+
+def _untuned_hgb(X, y, seed: int, categorical: list[str]):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from models.pipelines import encode_categoricals
+
+    est = HistGradientBoostingClassifier(random_state=seed)
+    if categorical:
+        est = encode_categoricals(est, categorical)
+    return est.fit(X, y)
+
+
+def selection(args) -> None:
+    """Default training vs an untuned HistGradientBoosting on the same split.
+
+    Quality, not speed, is measured here: native thread pools are held to one thread
+    (``--threads``), because on a shared two-core machine OpenMP workers spinning against
+    other processes made gradient boosting ten times slower."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=args.threads):
+        _selection(args)
+
+
+def _selection(args) -> None:
+    import io
+    import tempfile
+
+    from sklearn.metrics import average_precision_score
+
+    from models.data import X_y, load_split
+    from models.profile import load_profile
+    from models.train import TrainConfig, train
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    print(
+        "\nModel selection: test AUPRC of the default training (models train: CV selection) "
+        "and of the former rule (validation selection), beside an untuned "
+        "HistGradientBoostingClassifier fitted on the same training part (train + validation); "
+        "all on the same stratified 70/15/15 split"
+    )
+    head = (
+        f"{'data set':<38} {'seed':>4} {'train+val':>9} {'test pos':>8} "
+        f"{'default':>8} {'(model)':<9} {'former':>8} {'(model)':<9} {'hgb':>8} {'Δ default':>9}"
+        f" {'train s':>7}"
+    )
+    print(head)
+    for label, profile_name, frame in _selection_sets(args):
+        if args.sets and args.sets not in label:
+            continue
+        profile = load_profile(profile_name) if profile_name else None
+        cats = [f.name for f in profile.categorical] if profile is not None else []
+        deltas, defaults, hgbs, formers = [], [], [], []
+        for seed in seeds:
+            with tempfile.TemporaryDirectory() as tmp:
+                csv_path = f"{tmp}/data.csv"
+                frame.to_csv(csv_path, index=False)
+                out = {}
+                t0 = time.perf_counter()
+                for selection in ("cv", "validation"):
+                    config = TrainConfig(
+                        profile=profile_name,
+                        csv=csv_path,
+                        seed=seed,
+                        selection=selection,
+                        register=False,
+                        data_dir=f"{tmp}/data-{selection}",
+                        runs_dir=f"{tmp}/runs",
+                    )
+                    out[selection] = train(config, progress=io.StringIO()).best
+                    if selection == "cv":
+                        train_s = time.perf_counter() - t0
+                parts = [
+                    load_split(f"{tmp}/data-cv/{p}.csv", profile=profile)
+                    for p in ("train", "validation", "test")
+                ]
+                import pandas as pd
+
+                fit = pd.concat(parts[:2], ignore_index=True)
+                X, y = X_y(fit, profile=profile)
+                Xt, yt = X_y(parts[2], profile=profile)
+                hgb = _untuned_hgb(X, y, seed, cats)
+                hgb_ap = float(average_precision_score(yt, hgb.predict_proba(Xt)[:, 1]))
+            d, f = out["cv"], out["validation"]
+            delta = d.test["auprc"] - hgb_ap
+            deltas.append(delta)
+            defaults.append(d.test["auprc"])
+            formers.append(f.test["auprc"])
+            hgbs.append(hgb_ap)
+            print(
+                f"{label:<38} {seed:>4} {len(fit):>9,} {int(yt.sum()):>8} "
+                f"{d.test['auprc']:>8.4f} {d.name:<9} {f.test['auprc']:>8.4f} {f.name:<9} "
+                f"{hgb_ap:>8.4f} {delta:>+9.4f} {train_s:>7.0f}",
+                flush=True,
+            )
+        print(
+            f"{label + ' (mean)':<38} {'':>4} {'':>9} {'':>8} {np.mean(defaults):>8.4f} "
+            f"{'':<9} {np.mean(formers):>8.4f} {'':<9} {np.mean(hgbs):>8.4f} "
+            f"{np.mean(deltas):>+9.4f}",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bench_models", description=__doc__)
     p.add_argument("--rows", type=int, default=1_000_000, help="rows for the data figures")
     p.add_argument("--train-rows", type=int, default=100_000, help="rows for training figures")
+    p.add_argument("--selection-only", action="store_true", help="only the selection figures")
+    p.add_argument("--seeds", default="1,2,3", help="split seeds of the selection figures")
+    p.add_argument("--creditcard-rows", type=int, default=50_000,
+                   help="rows of the larger credit-card set (selection figures)")  # fmt: skip
+    p.add_argument("--machine-rows", type=int, default=10_000,
+                   help="rows of the machine_failure set (the AI4I data set's size)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1,
+                   help="native threads (OpenMP, BLAS) of the selection figures")  # fmt: skip
+    p.add_argument("--sets", default=None,
+                   help="only the selection data sets whose label holds this text")  # fmt: skip
     args = p.parse_args(argv)
+    if args.selection_only:
+        selection(args)
+        return 0
 
     from models.backends import load_backend
     from models.contract import FEATURES
@@ -90,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name:<12} {batch:>5} {rps:>15,.0f} {p50:>8.3f} {p99:>8.3f}"
                     f" {bare:>12,.0f} {rps / bare:>6.2f}"
                 )
+    selection(args)
     return 0
 
 

@@ -8,13 +8,18 @@ row untouched.
 A :class:`Candidate` names one pipeline family with its Optuna search space; the
 catalogue :data:`CANDIDATES` holds the base models and the ensembles
 (``models.ensembles``).
+
+Categorical features (a profile's ``categorical`` type) are one-hot encoded by the first
+step of the same pipeline (:func:`encode_categoricals`), before any scaler or resampler,
+so a registered model takes the raw category labels, and a label it never saw in
+training is encoded as none of the known ones instead of failing.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +33,7 @@ __all__ = [
     "RESAMPLERS",
     "Candidate",
     "build_pipeline",
+    "encode_categoricals",
     "fit_estimator",
     "get_candidate",
     "make_classifier",
@@ -119,27 +125,63 @@ def build_pipeline(
     return Pipeline(steps)
 
 
+#: a resampling ratio at or below the data's own minority ratio is raised to this much
+#: above it (resampling then barely touches the data; the margin covers the inner folds
+#: of stacking, whose ratios differ slightly)
+RATIO_MARGIN = 1.05
+#: wider margins: ADASYN spreads its new rows over the minority by density and refuses
+#: to generate none; a balanced bag under-samples a bootstrap draw, whose own ratio
+#: varies around the data's
+WIDE_MARGINS = {"ADASYN": 1.5, "BalancedBaggingClassifier": 1.5}
+
+
 def fit_estimator(est, X, y, *, name: str = "estimator"):
-    """Fit ``est``; neighbour counts of resamplers are capped for tiny minority classes.
+    """Fit ``est``; resamplers are adapted to the data first.
 
     SMOTE/ADASYN need more minority rows than neighbours; on small samples (and in the
-    inner folds of stacking) the configured count can exceed that, so it is reduced.
+    inner folds of stacking) the configured count can exceed that, so it is reduced. A
+    resampling ratio (minority / majority after resampling) below the data's own ratio
+    cannot be reached by over- or under-sampling (imbalanced-learn refuses it): on data
+    with, say, 10 % positives, a ratio of 0.05 becomes just above the data's ratio.
     """
     import numpy as np
 
-    n_pos = int(np.sum(np.asarray(y) == 1))
+    y_arr = np.asarray(y)
+    n_pos = int(np.sum(y_arr == 1))
+    n_neg = int(np.sum(y_arr == 0))
     limit = max(1, int(n_pos * 0.6) - 1)  # leaves room for the inner folds of stacking
+    params = est.get_params(deep=True)
     changes = {
         k: limit
-        for k, v in est.get_params(deep=True).items()
+        for k, v in params.items()
         if k.rsplit("__", 1)[-1] in ("k_neighbors", "n_neighbors")
         and "resample" in k
         and isinstance(v, int)
         and v > limit
     }
     if changes:
-        est.set_params(**changes)
         log.info("capped_neighbours estimator=%s positives=%d k=%d", name, n_pos, limit)
+    if n_neg:
+        natural = n_pos / n_neg
+        raised = {}
+        for k, v in params.items():
+            if k.rsplit("__", 1)[-1] != "sampling_strategy" or not isinstance(v, float):
+                continue
+            owner = params.get(k.rsplit("__", 1)[0]) if "__" in k else est
+            margin = WIDE_MARGINS.get(type(owner).__name__, RATIO_MARGIN)
+            floor = min(1.0, natural * margin)
+            if v < floor:
+                raised[k] = floor
+        if raised:
+            changes |= raised
+            log.info(
+                "raised_resampling_ratio estimator=%s data_ratio=%.4f ratio=%.4f",
+                name,
+                natural,
+                max(raised.values()),
+            )
+    if changes:
+        est.set_params(**changes)
     with quiet_convergence(name):
         est.fit(X, y)
     # Fit in parallel, predict serially: a thread pool per predict_proba call costs
@@ -186,9 +228,58 @@ class Candidate:
     space: Callable[[Any], dict[str, Any]] | None = field(default=None, repr=False)
     resampling: str = "none"
     ensemble: bool = False
+    #: parameters of ``space`` tuned first (a known-good starting point), or None
+    first_trial: Mapping[str, Any] | None = field(default=None, repr=False)
 
-    def make(self, params: Mapping[str, Any] | None = None, *, seed: int = 0):
-        return self.build(dict(params or {}), seed)
+    def make(
+        self,
+        params: Mapping[str, Any] | None = None,
+        *,
+        seed: int = 0,
+        categorical: Sequence[str] = (),
+    ):
+        """An unfitted estimator; with ``categorical`` (column names of a DataFrame
+        input) its first step one-hot encodes those columns."""
+        est = self.build(dict(params or {}), seed)
+        return encode_categoricals(est, categorical) if categorical else est
+
+
+#: name of the encoding step (first step of a pipeline with categorical features)
+ENCODE_STEP = "encode"
+
+
+def categorical_encoder(categorical: Sequence[str]):
+    """One-hot encoding of the ``categorical`` columns of a DataFrame, the other columns
+    passed through as numbers. Categories are learnt in ``fit``; an unseen one becomes
+    all zeros (``handle_unknown="ignore"``)."""
+    import numpy as np
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder
+
+    return ColumnTransformer(
+        [
+            (
+                "categorical",
+                OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float64),
+                list(categorical),
+            )
+        ],
+        remainder="passthrough",
+        verbose_feature_names_out=False,
+    )
+
+
+def encode_categoricals(estimator, categorical: Sequence[str]):
+    """``estimator`` with the categorical encoder in front: prepended to an imblearn
+    Pipeline (before its scaler and resampler), or a two-step Pipeline around any other
+    estimator (an ensemble: one encoder for all its members). Fit it on a DataFrame
+    whose columns are the model's features: ``feature_names_in_`` then names them."""
+    from imblearn.pipeline import Pipeline
+
+    encoder = categorical_encoder(categorical)
+    if isinstance(estimator, Pipeline):
+        return Pipeline([(ENCODE_STEP, encoder), *estimator.steps])
+    return Pipeline([(ENCODE_STEP, encoder), ("model", estimator)])
 
 
 # -- base candidates ----------------------------------------------------------------
@@ -226,6 +317,17 @@ def _hgb_build(p: Mapping[str, Any], seed: int):
         # Softened balancing: full inverse-frequency weights overshoot at 0.2 % positives.
         params["class_weight"] = {0: 1.0, 1: float(p.get("pos_weight", 10.0))}
     return build_pipeline("hgb", "none", scale=False, seed=seed, classifier_params=params)
+
+
+#: scikit-learn's own defaults in the hgb search space (no L2 is 1e-3 there): tuned
+#: first, so the search never ends below an untuned HistGradientBoosting
+HGB_LIBRARY_DEFAULTS = {
+    "learning_rate": 0.1,
+    "max_leaf_nodes": 31,
+    "l2_regularization": 1e-3,
+    "max_iter": 100,
+    "balanced": False,
+}
 
 
 def _hgb_space(t) -> dict[str, Any]:
@@ -318,7 +420,7 @@ def _base_candidates() -> dict[str, Candidate]:
         Candidate("lr_balanced", "StandardScaler -> LogisticRegression(class_weight=balanced)",
                   _lr_build("none"), _lr_space("none"), "class_weight"),
         Candidate("hgb", "HistGradientBoostingClassifier (optional positive class weight)",
-                  _hgb_build, _hgb_space, "none"),
+                  _hgb_build, _hgb_space, "none", first_trial=HGB_LIBRARY_DEFAULTS),
         Candidate("rf_under", "RandomUnderSampler -> RandomForestClassifier",
                   _rf_build("under"), _rf_space("under"), "under"),
         Candidate("rf", "RandomForestClassifier(class_weight=balanced_subsample)",

@@ -523,32 +523,52 @@ def infer_profile(
     categorical: Sequence[str] = (),
     tags: Sequence[str] = (),
     value: str | None = None,
+    order: str | None = None,
     database: str | None = None,
     max_rows: int = 200_000,
 ) -> Profile:
     """A profile for ``csv``: every column not named as the id, label, a tag or dropped
     becomes a feature, typed from its values (integers, floats, or text with at most
     ``INFER_MAX_LEVELS`` distinct values as categorical; ``categorical`` forces it). A
-    column that cannot be a feature (free text, empty, a constant, NaN/inf) is an error
-    naming it, with what to do."""
+    column that cannot be a feature (free text, empty or partly empty, a constant,
+    NaN/inf) is an error naming it, with what to do; so is every such column at once.
+    Column names are taken as the header writes them (surrounding spaces stripped, as
+    the data loader does)."""
+    import csv as _csv
+
     import numpy as np
     import pandas as pd
 
     path = Path(csv)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, nrows=max_rows)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = [c.strip() for c in next(_csv.reader(f), [])]
+        df = pd.read_csv(
+            path, dtype=str, keep_default_na=False, nrows=max_rows, encoding="utf-8-sig"
+        )
+    except (OSError, UnicodeDecodeError, _csv.Error, pd.errors.ParserError) as exc:
         raise ProfileError(f"{path}: cannot read as CSV: {exc}") from None
-    columns = [str(c) for c in df.columns]
-    dupes = sorted({c for c in columns if columns.count(c) > 1 or c.endswith(".1")})
+    except pd.errors.EmptyDataError:
+        raise ProfileError(f"{path}: the file is empty (no header)") from None
+    if not header:
+        raise ProfileError(f"{path}: the file is empty (no header)")
+    unnamed = [i + 1 for i, c in enumerate(header) if not c]
+    if unnamed:
+        raise ProfileError(f"{path}: column(s) {unnamed} of the header have no name")
+    dupes = sorted({c for c in header if header.count(c) > 1})
     if dupes:
         raise ProfileError(f"{path}: duplicated column(s) {dupes}")
+    df = df.set_axis(header, axis=1)
+    columns = header
     if df.empty:
         raise ProfileError(f"{path}: no data rows")
-    named = {"label": label, "id": id, "value": value}
+    named = {"label": label, "id": id, "value": value, "order": order}
     for role, col in named.items():
         if col is not None and col not in columns:
-            raise ProfileError(f"{path}: --{role} {col!r} is not a column ({', '.join(columns)})")
+            raise ProfileError(
+                f"{path}: --{role} {col!r} is not a column (columns: "
+                f"{', '.join(map(repr, columns))})"
+            )
     for role, cols in (("drop", drop), ("categorical", categorical), ("tags", tags)):
         missing = [c for c in cols if c not in columns]
         if missing:
@@ -559,10 +579,15 @@ def infer_profile(
             raise ProfileError(
                 f"{path}: label {label!r} must hold 0 and 1 only; found {sorted(values)[:6]}"
             )
-    if id is not None and df[id].duplicated().any():
-        raise ProfileError(
-            f"{path}: id {id!r} is not unique ({df[id][df[id].duplicated()].iloc[0]!r} repeats)"
-        )
+    if id is not None:
+        ids = df[id].str.strip()
+        if ids.eq("").any():
+            line = int(np.flatnonzero(ids.eq("").to_numpy())[0]) + 2
+            raise ProfileError(f"{path}: id {id!r} is empty at line {line}")
+        if ids.duplicated().any():
+            raise ProfileError(
+                f"{path}: id {id!r} is not unique ({ids[ids.duplicated()].iloc[0]!r} repeats)"
+            )
     skip = {c for c in (label, id) if c} | set(drop) | set(tags)
     features: list[Feature] = []
     problems: list[str] = []
@@ -570,14 +595,28 @@ def infer_profile(
         if col in skip:
             continue
         text = df[col].str.strip()
-        blank = text.eq("") | text.str.lower().isin(["nan", "na", "null", "none"])
+        empty = text.eq("")
+        blank = empty | text.str.lower().isin(["nan", "na", "null", "none"])
         if blank.all():
             problems.append(f"{col!r} is empty (drop it with --drop)")
             continue
         numbers = pd.to_numeric(text.where(~blank), errors="coerce")
-        numeric = not (numbers.isna() & ~blank).any()
-        if col in categorical or not numeric:
-            levels = sorted(set(text[~blank]))
+        numeric = col not in categorical and not (numbers.isna() & ~blank).any()
+        # a number column treats NaN/null spellings as missing; a text column only ""
+        missing = blank if numeric else empty
+        if missing.any():
+            line = int(np.flatnonzero(missing.to_numpy())[0]) + 2
+            problems.append(
+                f"{col!r} has {int(missing.sum())} empty value(s), first at line {line}: fill "
+                "them or drop the column with --drop"
+            )
+            continue
+        if not numeric:
+            if col in (value, order):
+                problems.append(f"{col!r} is text, but --{'value' if col == value else 'order'} "
+                                "needs a numeric column")  # fmt: skip
+                continue
+            levels = sorted(set(text))
             if col not in categorical and len(levels) > INFER_MAX_LEVELS:
                 problems.append(
                     f"{col!r} is text with {len(levels)} distinct values: too many for a "
@@ -588,22 +627,25 @@ def infer_profile(
             if len(levels) > MAX_LEVELS:
                 problems.append(f"{col!r} has {len(levels)} levels; at most {MAX_LEVELS}")
                 continue
+            if len(levels) < 2:
+                problems.append(
+                    f"{col!r} holds one value only ({levels[0]!r}): it cannot inform a model; "
+                    "--drop it"
+                )
+                continue
             features.append(Feature(name=col, type="categorical", levels=tuple(levels)))
             continue
         arr = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
         if np.isinf(arr).any():
             problems.append(f"{col!r} holds infinite values")
             continue
-        finite = arr[~np.isnan(arr)]
-        if finite.size and np.all(finite == finite[0]):
+        if np.all(arr == arr[0]):
             problems.append(
-                f"{col!r} is constant ({finite[0]:g}): it cannot inform a model; --drop it"
+                f"{col!r} is constant ({arr[0]:g}): it cannot inform a model; --drop it"
             )
             continue
-        integral = (
-            bool(finite.size)
-            and all("." not in t and "e" not in t.lower() for t in text[~blank])
-            and bool(np.all(np.abs(finite) < 2**53))
+        integral = all("." not in t and "e" not in t.lower() for t in text) and bool(
+            np.all(np.abs(arr) < 2**53)
         )
         features.append(Feature(name=col, type="int" if integral else "float"))
     if problems:
@@ -627,6 +669,7 @@ def infer_profile(
             tags=tuple(tags),
             drop=tuple(drop),
             value=value,
+            order=order,
             alert_index=f"{base.replace('_', '-')}-alerts",
             message_fields=tuple(message),
         )

@@ -24,7 +24,7 @@ import pandas as pd
 
 from .errors import DataError
 
-__all__ = ["MACHINE_FAILURE_COLUMNS", "make_machine_failure"]
+__all__ = ["GENERATORS", "MACHINE_FAILURE_COLUMNS", "generator_for", "make_machine_failure"]
 
 MACHINE_FAILURE_COLUMNS = [
     "UDI",
@@ -113,3 +113,28 @@ def make_machine_failure(n_rows: int, *, seed: int = 0) -> pd.DataFrame:
         **{k: v.astype(np.int64) for k, v in modes.items()},
     }
     return pd.DataFrame(frame, columns=MACHINE_FAILURE_COLUMNS)
+
+
+def _creditcard(n_rows: int, *, seed: int = 0) -> pd.DataFrame:
+    from .data import make_synthetic
+
+    return make_synthetic(n_rows, seed=seed)
+
+
+#: the seeded generator of each shipped profile, by profile name: ``f(n_rows, seed=)``
+GENERATORS = {
+    "creditcard": _creditcard,
+    "machine_failure": make_machine_failure,
+}
+
+
+def generator_for(profile_name: str):
+    """The seeded generator of a shipped profile (``--synthetic-rows``); a DataError
+    naming the profiles that have one otherwise."""
+    try:
+        return GENERATORS[profile_name]
+    except KeyError:
+        raise DataError(
+            f"profile {profile_name!r} has no synthetic generator (only "
+            f"{', '.join(sorted(GENERATORS))} do): pass the data set with --csv"
+        ) from None

@@ -188,11 +188,21 @@ def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
     return choose_threshold(y_true, scores, strategy="f1").threshold
 
 
-def _metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float, X: np.ndarray):
-    """The same metrics as the scikit-learn model cards (money columns from Amount)."""
+def _metrics(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    X: np.ndarray,
+    *,
+    value_index: int | None = -1,
+):
+    """The same metrics as the scikit-learn model cards (money columns from the value
+    feature: Amount for credit cards; ``value_index=None``: no money columns)."""
     from .evaluation import evaluate_scores
 
-    amounts = X[:, FEATURES.index("Amount")] if X.shape[1] == len(FEATURES) else None
+    if value_index == -1:  # credit cards
+        value_index = FEATURES.index("Amount") if X.shape[1] == len(FEATURES) else None
+    amounts = X[:, value_index] if value_index is not None else None
     return evaluate_scores(y_true, scores, threshold=threshold, amounts=amounts)
 
 
@@ -309,15 +319,17 @@ def _splits(args: argparse.Namespace, seed: int):
 
     csv = getattr(args, "csv", None)
     rows = getattr(args, "synthetic_rows", None)
+    profile = getattr(args, "profile", None)
     splits = mdata.prepare_splits(
         getattr(args, "data_dir", None) or "data",
         csv=csv,
         synthetic_rows=int(rows) if rows else None,
         seed=seed,
+        profile=profile,
     )
     out: list[np.ndarray] = []
     for df in (splits.train, splits.validation, splits.test):
-        X, y = mdata.X_y(df)
+        X, y = mdata.X_y(df, profile=profile, as_frame=False if profile is not None else None)
         out += [X, y]
     return (*out, str(getattr(splits, "source", csv or f"synthetic:{rows}")))
 
@@ -335,6 +347,11 @@ def cli_train_tf(args: argparse.Namespace) -> int:
     seed = 42 if seed is None else int(seed)  # --seed 0 is a seed like any other
     epochs = int(getattr(args, "epochs", None) or KerasConfig().epochs)
     serving_dir = Path(getattr(args, "serving_dir", None) or "models/serving")
+    profile = getattr(args, "profile", None)  # a Profile with numeric features, or None
+    features = profile.feature_names if profile is not None else FEATURES
+    value_index: int | None = -1
+    if profile is not None:
+        value_index = features.index(profile.value) if profile.value in features else None
     X_tr, y_tr, X_va, y_va, X_te, y_te, source = _splits(args, seed)
     emit(
         f"train-tf name={name} source={source} train_rows={len(y_tr)} "
@@ -346,9 +363,11 @@ def cli_train_tf(args: argparse.Namespace) -> int:
     threshold = best_f1_threshold(y_va, val_scores)
     # Same card layout as `models train`: `metrics` holds the test figures (validation
     # when there is no test split) and `validation_metrics` the validation ones.
-    validation = _metrics(y_va, val_scores, threshold, X_va)
+    validation = _metrics(y_va, val_scores, threshold, X_va, value_index=value_index)
     if len(y_te):
-        metrics = _metrics(y_te, predict_proba(model, X_te), threshold, X_te)
+        metrics = _metrics(
+            y_te, predict_proba(model, X_te), threshold, X_te, value_index=value_index
+        )
         evaluated_on = "test split (threshold chosen on validation)"
     else:
         metrics, evaluated_on = validation, "validation split (no test split)"
@@ -369,10 +388,15 @@ def cli_train_tf(args: argparse.Namespace) -> int:
         name,
         model,
         threshold=threshold,
+        features=features,
         metrics=metrics,
         training=training,
         serving_dir=serving_dir,
-        extra={"validation_metrics": validation, "evaluated_on": evaluated_on},
+        extra={
+            "validation_metrics": validation,
+            "evaluated_on": evaluated_on,
+            **({"profile": profile.card_section()} if profile is not None else {}),
+        },
     )
     promote = getattr(args, "promote", None)
     if promote:

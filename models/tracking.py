@@ -4,9 +4,9 @@ Enabled by ``train --mlflow`` or by the ``MLFLOW_TRACKING_URI`` environment vari
 Without a URI, runs go to a local store under ``runs/mlruns``: an SQLite database
 (``mlflow.db``, MLflow's recommended local backend) and an ``artifacts`` folder; browse it
 with ``mlflow ui --backend-store-uri sqlite:///runs/mlruns/mlflow.db``. One MLflow run per
-training job: configuration and best parameters, validation/test metrics of every
-candidate, the report folder (plots, tables) and the best model, registered in MLflow's
-model registry under the same name.
+training job: configuration and best parameters, validation (or out-of-fold) and test
+metrics of every candidate, the report folder (plots, tables) and the best model,
+registered in MLflow's model registry under the same name.
 """
 
 from __future__ import annotations
@@ -74,14 +74,17 @@ def log_training_run(result: TrainResult, *, tracking_uri: str | None = None) ->
             "threshold_strategy": config.threshold_strategy,
             "review_cost": config.review_cost,
             "split": "time" if config.time_split else "stratified",
-            "train_rows": result.splits_summary["train"]["rows"],
+            "selection": config.selection,
+            "profile": result.profile.name if result.profile is not None else "creditcard",
+            "train_rows": result.training_rows or result.splits_summary["train"]["rows"],
             "threshold": best.threshold,
         }
         params |= {f"best.{k}": v for k, v in best.params.items()}
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         metrics: dict[str, float] = {}
         for r in result.results:
-            for part, values in (("val", r.validation), ("test", r.test)):
+            chosen = "val" if r.selection == "validation" else "oof"
+            for part, values in ((chosen, r.validation), ("test", r.test)):
                 for k in ("auprc", "roc_auc", "precision", "recall", "f1", "expected_cost"):
                     v = values.get(k)
                     if isinstance(v, (int, float)) and math.isfinite(v):

@@ -1,10 +1,22 @@
 """The training job: split, tune, fit, choose thresholds, compare, report, register.
 
-Every candidate is tuned by cross-validation on the training split, refitted on the
-whole training split, given a threshold on the validation split and measured once on
-the test split. The best candidate by validation AUPRC (never by test figures) is
-registered with its model card and optionally promoted. Reports (comparison table as
-markdown and CSV, trials, plots) go to ``runs/train-<timestamp>/``.
+Any data set with a profile (``profile=``; credit cards without one). Model selection
+(``selection``):
+
+- ``cv`` (default): the training part is everything but the test part (``train.csv`` and
+  ``validation.csv`` together). Each candidate is tuned by stratified k-fold CV over it;
+  its CV AUPRC (mean over folds) ranks it; its decision threshold comes from the
+  out-of-fold scores of those folds; the winner is refitted on the whole training part.
+  No row is set aside for validation, which on small data costs more than it tells: a
+  validation part of a few hundred rows holds a few dozen positives, too few to tell
+  candidates apart or to place a threshold.
+- ``validation``: tune by CV on ``train.csv``, refit on it, choose the threshold on and
+  rank by AUPRC on ``validation.csv`` (a held-out period with ``--time-split``).
+
+Either way the test part is scored once, at the chosen threshold, and never picks
+anything. The best candidate is registered with its model card and optionally promoted.
+Reports (comparison table as markdown and CSV, trials, plots) go to
+``runs/train-<timestamp>/``.
 """
 
 from __future__ import annotations
@@ -20,12 +32,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from .contract import FEATURES
-from .data import Splits, X_y, load_split, prepare_splits
+from .data import X_y, load_split, prepare_splits, value_column
 from .errors import DataError, TrainingError
 from .evaluation import (
     THRESHOLD_STRATEGIES,
@@ -39,20 +51,34 @@ from .evaluation import (
 )
 from .pipelines import DEFAULT_CANDIDATES, FULL_CANDIDATES, fit_estimator, get_candidate
 from .registry import ModelCard, Registry
-from .tuning import check_cv, tune
+from .tuning import check_cv, cross_val_scores, tune
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .data import Splits
+    from .profile import Profile
 
 __all__ = [
+    "CV_TABLE_COLUMNS",
+    "SELECTIONS",
     "TABLE_COLUMNS",
     "CandidateResult",
     "TrainConfig",
     "TrainResult",
     "evaluate_registered",
     "new_run_dir",
+    "card_profile",
+    "resolve_profile",
     "train",
 ]
 
 log = logging.getLogger("models.train")
 
+#: how the model and its threshold are chosen (see the module docstring)
+SELECTIONS = ("cv", "validation")
+
+#: comparison table with ``selection="validation"``
 TABLE_COLUMNS = [
     "rank",
     "candidate",
@@ -70,6 +96,30 @@ TABLE_COLUMNS = [
     "expected_cost",
     "fit_s",
 ]
+#: comparison table with ``selection="cv"``: CV mean and spread over folds, and the
+#: AUPRC of the pooled out-of-fold scores the threshold is chosen on
+CV_TABLE_COLUMNS = [
+    "rank",
+    "candidate",
+    "resampling",
+    "cv_auprc",
+    "cv_std",
+    "oof_auprc",
+    "test_auprc",
+    "test_roc_auc",
+    "threshold",
+    "precision",
+    "recall",
+    "f1",
+    "alerts",
+    "money_caught",
+    "expected_cost",
+    "fit_s",
+]
+
+
+#: table columns that need the profile's value column
+MONEY_COLUMNS = ("money_caught", "expected_cost")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +127,8 @@ class TrainConfig:
     """What ``python -m models train`` does; every field has its CLI flag."""
 
     name: str = "creditcard"
+    #: profile name or path (None: credit cards, as always)
+    profile: str | None = None
     csv: str | None = None
     synthetic_rows: int | None = None
     candidates: Sequence[str] | None = None
@@ -88,6 +140,7 @@ class TrainConfig:
     threshold_strategy: str = "f1"
     review_cost: float = 5.0
     time_split: bool = False
+    selection: str = "cv"
     promote: str | None = None
     registry: str | None = None
     data_dir: str = "data"
@@ -110,19 +163,40 @@ class CandidateResult:
     cv_auprc: float
     fit_seconds: float
     threshold: float
+    #: metrics of the scores the threshold was chosen on: the validation part
+    #: (selection "validation") or the out-of-fold scores (selection "cv")
     validation: dict[str, Any]
     test: dict[str, Any]
     estimator: Any = field(repr=False)
     val_scores: np.ndarray = field(repr=False)
     test_scores: np.ndarray = field(repr=False)
+    selection: str = "validation"
+    #: average precision of each CV fold (the best parameters)
+    cv_folds: list[float] = field(default_factory=list)
+
+    @property
+    def cv_std(self) -> float:
+        return float(np.std(self.cv_folds)) if len(self.cv_folds) > 1 else math.nan
+
+    @property
+    def rank_key(self) -> tuple[float, float, str]:
+        """Sort key: the selection figure first (higher is better), then the other."""
+        if self.selection == "cv":
+            return (-_nan_low(self.cv_auprc), -_nan_low(self.validation["auprc"]), self.name)
+        return (-_nan_low(self.validation["auprc"]), -_nan_low(self.cv_auprc), self.name)
 
     def row(self) -> dict[str, Any]:
         t = self.test
-        return {
+        out: dict[str, Any] = {
             "candidate": self.name,
             "resampling": self.resampling,
             "cv_auprc": self.cv_auprc,
-            "val_auprc": self.validation["auprc"],
+        }
+        if self.selection == "cv":
+            out |= {"cv_std": self.cv_std, "oof_auprc": self.validation["auprc"]}
+        else:
+            out["val_auprc"] = self.validation["auprc"]
+        return out | {
             "test_auprc": t["auprc"],
             "test_roc_auc": t["roc_auc"],
             "threshold": self.threshold,
@@ -146,6 +220,18 @@ class TrainResult:
     splits_summary: dict[str, Any]
     trials: list[dict[str, Any]]
     config: TrainConfig
+    #: the profile trained for, with the categorical levels seen in training (None:
+    #: credit cards without a profile)
+    profile: Profile | None = None
+    #: rows the registered model was fitted on
+    training_rows: int = 0
+
+    @property
+    def columns(self) -> list[str]:
+        cols = CV_TABLE_COLUMNS if self.config.selection == "cv" else TABLE_COLUMNS
+        if self.best.test.get("money_caught") is None:
+            cols = [c for c in cols if c not in MONEY_COLUMNS]
+        return cols
 
     def rows(self) -> list[dict[str, Any]]:
         return [{"rank": i + 1, **r.row()} for i, r in enumerate(self.results)]
@@ -165,52 +251,102 @@ def new_run_dir(runs_dir: str | os.PathLike[str], prefix: str, *, now=None) -> P
     raise TrainingError(f"cannot create a run folder under {runs_dir}")
 
 
+def resolve_profile(ref: str | Path | Profile | None) -> Profile | None:
+    """A profile from a name, a path or a Profile; None stays None (credit cards)."""
+    if ref is None:
+        return None
+    from .profile import Profile, load_profile
+
+    return ref if isinstance(ref, Profile) else load_profile(ref)
+
+
+@dataclass
+class _Part:
+    """Features, labels and values of one part of the data."""
+
+    X: Any
+    y: np.ndarray
+    value: np.ndarray | None
+
+    @classmethod
+    def of(cls, df: pd.DataFrame, profile: Profile | None) -> _Part:
+        X, y = X_y(df, profile=profile)
+        return cls(X, y, value_column(df, profile))
+
+
 def _fit_candidate(
     name: str,
-    arrays: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    fit_on: _Part,
+    choose_on: _Part | None,
+    test: _Part,
     config: TrainConfig,
     base_params: Mapping[str, dict[str, Any]],
+    categorical: Sequence[str],
     progress: TextIO,
 ) -> tuple[CandidateResult, list[dict[str, Any]]]:
+    """Tune, refit on ``fit_on``, choose the threshold on ``choose_on`` (validation
+    selection) or on the out-of-fold scores over ``fit_on`` (CV selection), score the
+    test part."""
     cand = get_candidate(name)
-    X_tr, y_tr, _ = arrays["train"]
-    X_va, y_va, a_va = arrays["validation"]
-    X_te, y_te, a_te = arrays["test"]
     # Stacking and voting search nothing: their members keep the parameters tuned above,
     # and the CV figure is measured on exactly that ensemble.
     fixed = {"base_params": dict(base_params)} if cand.ensemble and cand.space is None else None
     tuned = tune(
         cand,
-        X_tr,
-        y_tr,
+        fit_on.X,
+        fit_on.y,
         n_trials=config.trials,
         timeout=config.timeout,
         cv=config.cv,
         seed=config.seed,
         progress=progress,
         fixed_params=fixed,
+        categorical=categorical,
+        first_trial=cand.first_trial,
     )
     params = dict(tuned.best_params)
-    est = cand.make(params, seed=config.seed)
+    cv_auprc, folds = tuned.best_score, list(tuned.fold_scores)
+    if choose_on is None:
+        oof = tuned.oof
+        if oof is None or np.isnan(oof).any():
+            # nothing (or not all of it) was cross-validated with these parameters
+            t0 = time.perf_counter()
+            folds, oof = cross_val_scores(
+                cand, params, fit_on.X, fit_on.y, cv=config.cv, seed=config.seed,
+                categorical=categorical,
+            )  # fmt: skip
+            cv_auprc = float(np.mean(folds))
+            print(
+                f"cv candidate={name} folds={config.cv} cv_ap={cv_auprc:.4f} "
+                f"seconds={time.perf_counter() - t0:.1f} params="
+                f"{'tuned' if params else 'defaults'}",
+                file=progress,
+                flush=True,
+            )
+        choose_y, choose_s, choose_value = fit_on.y, oof, fit_on.value
+    est = cand.make(params, seed=config.seed, categorical=categorical)
     t0 = time.perf_counter()
-    fit_estimator(est, X_tr, y_tr, name=name)
+    fit_estimator(est, fit_on.X, fit_on.y, name=name)
     fit_s = time.perf_counter() - t0
-    s_va = est.predict_proba(X_va)[:, 1]
-    s_te = est.predict_proba(X_te)[:, 1]
+    if choose_on is not None:
+        choose_y, choose_value = choose_on.y, choose_on.value
+        choose_s = est.predict_proba(choose_on.X)[:, 1]
+    s_te = est.predict_proba(test.X)[:, 1]
     choice = choose_threshold(
-        y_va,
-        s_va,
+        choose_y,
+        choose_s,
         strategy=config.threshold_strategy,
-        amounts=a_va,
+        amounts=choose_value,
         review_cost=config.review_cost,
     )
     kw = {"threshold": choice.threshold, "review_cost": config.review_cost}
-    val = evaluate_scores(y_va, s_va, amounts=a_va, **kw)
-    test = evaluate_scores(y_te, s_te, amounts=a_te, **kw)
+    chosen = evaluate_scores(choose_y, choose_s, amounts=choose_value, **kw)
+    test_m = evaluate_scores(test.y, s_te, amounts=test.value, **kw)
+    where = "val_auprc" if choose_on is not None else f"cv_auprc={cv_auprc:.4f} oof_auprc"
     print(
-        f"fit candidate={name} seconds={fit_s:.1f} val_auprc={val['auprc']:.4f} "
-        f"threshold={choice.threshold:.4f} test_auprc={test['auprc']:.4f} "
-        f"test_recall={test['recall']:.3f} test_precision={test['precision']:.3f}",
+        f"fit candidate={name} seconds={fit_s:.1f} {where}={chosen['auprc']:.4f} "
+        f"threshold={choice.threshold:.4f} test_auprc={test_m['auprc']:.4f} "
+        f"test_recall={test_m['recall']:.3f} test_precision={test_m['precision']:.3f}",
         file=progress,
         flush=True,
     )
@@ -227,29 +363,52 @@ def _fit_candidate(
         description=cand.description,
         resampling=resampling,
         params=shown,
-        cv_auprc=tuned.best_score,
+        cv_auprc=cv_auprc,
         fit_seconds=fit_s,
         threshold=choice.threshold,
-        validation=val,
-        test=test,
+        validation=chosen,
+        test=test_m,
         estimator=est,
-        val_scores=s_va,
+        val_scores=choose_s,
         test_scores=s_te,
+        selection="validation" if choose_on is not None else "cv",
+        cv_folds=folds,
     )
     return result, tuned.trials
 
 
-def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult:
-    """Run the whole job (see the module docstring)."""
-    progress = progress if progress is not None else sys.stderr
+def _check_config(config: TrainConfig, profile: Profile | None) -> None:
     if config.threshold_strategy not in THRESHOLD_STRATEGIES:
         raise TrainingError(
             f"unknown threshold strategy {config.threshold_strategy!r} "
             f"(choose from {', '.join(THRESHOLD_STRATEGIES)})"
         )
+    if config.selection not in SELECTIONS:
+        raise TrainingError(
+            f"unknown selection {config.selection!r} (choose from {', '.join(SELECTIONS)})"
+        )
     check_cv(config.cv)
     if config.promote and not config.register:
         raise TrainingError("nothing to promote: --promote needs registration (drop --no-register)")
+    if profile is not None:
+        if profile.label is None:
+            raise TrainingError(
+                f"profile {profile.name!r} names no label column (columns.label): training "
+                "needs the 0/1 ground truth"
+            )
+        if config.threshold_strategy == "cost" and profile.value is None:
+            raise TrainingError(
+                f"the cost strategy weighs each missed positive by the profile's value column, "
+                f"and profile {profile.name!r} has none (columns.value): use "
+                "--threshold-strategy f1, or add a value column to the profile"
+            )
+
+
+def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult:
+    """Run the whole job (see the module docstring)."""
+    progress = progress if progress is not None else sys.stderr
+    profile = resolve_profile(config.profile)
+    _check_config(config, profile)
     names = config.candidate_names()
     cands = [get_candidate(n) for n in names]  # fail fast on a typo
     started = time.perf_counter()
@@ -259,18 +418,26 @@ def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult
         synthetic_rows=config.synthetic_rows,
         seed=config.seed,
         time_split=config.time_split,
+        profile=profile,
     )
     summary = splits.summary()
     print(
         f"data source={splits.source} split={'time' if config.time_split else 'stratified'} "
+        f"selection={config.selection} "
         + " ".join(f"{p}={v['rows']}/{v['positives']}" for p, v in summary.items()),
         file=progress,
         flush=True,
     )
-    arrays = {}
-    for part, df in zip(("train", "validation", "test"), splits, strict=True):
-        X, y = X_y(df)
-        arrays[part] = (X, y, df["Amount"].to_numpy(dtype=np.float64))
+    cv_mode = config.selection == "cv"
+    fit_df = splits.training_part if cv_mode else splits.train
+    fit_on = _Part.of(fit_df, profile)
+    choose_on = None if cv_mode else _Part.of(splits.validation, profile)
+    test = _Part.of(splits.test, profile)
+    categorical = [f.name for f in profile.categorical] if profile is not None else []
+    trained_profile = profile
+    if profile is not None and categorical:
+        # the levels the model's encoder learns: those of the rows it is fitted on
+        trained_profile = profile.with_levels({c: set(fit_df[c]) for c in categorical})
 
     run_dir = new_run_dir(config.runs_dir, "train")
     results: list[CandidateResult] = []
@@ -278,21 +445,27 @@ def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult
     base_params: dict[str, dict[str, Any]] = {}
     # Base models first, so stacking and voting reuse their tuned parameters.
     for cand in sorted(cands, key=lambda c: c.ensemble):
-        res, trials = _fit_candidate(cand.name, arrays, config, base_params, progress)
+        res, trials = _fit_candidate(
+            cand.name, fit_on, choose_on, test, config, base_params, categorical, progress
+        )
         if not cand.ensemble:
             base_params[cand.name] = res.params
         results.append(res)
         all_trials.extend(trials)
-    results.sort(key=lambda r: (-_nan_low(r.validation["auprc"]), -_nan_low(r.cv_auprc), r.name))
+    results.sort(key=lambda r: r.rank_key)
     best = results[0]
 
+    columns = CV_TABLE_COLUMNS if cv_mode else TABLE_COLUMNS
+    if test.value is None:  # no value column: no money figures
+        columns = [c for c in columns if c not in MONEY_COLUMNS]
     rows = [{"rank": i + 1, **r.row()} for i, r in enumerate(results)]
-    table = comparison_markdown(rows, TABLE_COLUMNS)
-    _write_reports(run_dir, config, splits, results, rows, table, all_trials)
+    table = comparison_markdown(rows, columns)
+    chosen = fit_on if choose_on is None else choose_on
+    _write_reports(run_dir, config, splits, results, rows, table, all_trials, columns, test, chosen)
 
     card = None
     if config.register:
-        card = _register(config, splits, best, run_dir)
+        card = _register(config, splits, best, run_dir, trained_profile, fit_df)
         if config.promote:
             Registry(config.registry).promote(config.name, card.version, config.promote)
             print(
@@ -300,7 +473,18 @@ def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult
                 file=progress,
                 flush=True,
             )
-    result = TrainResult(run_dir, results, best, card, table, summary, all_trials, config)
+    result = TrainResult(
+        run_dir,
+        results,
+        best,
+        card,
+        table,
+        summary,
+        all_trials,
+        config,
+        profile=trained_profile,
+        training_rows=len(fit_df),
+    )
     if config.mlflow or os.environ.get("MLFLOW_TRACKING_URI"):
         from .tracking import log_training_run
 
@@ -319,14 +503,17 @@ def _nan_low(v: float) -> float:
     return -math.inf if v is None or math.isnan(v) else v
 
 
-def _training_summary(config: TrainConfig, splits: Splits, best: CandidateResult) -> dict:
-    tr = splits.train
-    return {
-        "rows": len(tr),
-        "positives": int(tr["Class"].sum()),
-        "positive_rate": float(tr["Class"].mean()),
+def _training_summary(
+    config: TrainConfig, splits: Splits, best: CandidateResult, fit_df: pd.DataFrame
+) -> dict:
+    label = splits.label
+    out = {
+        "rows": len(fit_df),
+        "positives": int(fit_df[label].sum()),
+        "positive_rate": float(fit_df[label].mean()),
         "resampling": best.resampling,
-        "validation_rows": len(splits.validation),
+        "selection": config.selection,
+        "validation_rows": 0 if config.selection == "cv" else len(splits.validation),
         "test_rows": len(splits.test),
         "split": "time" if config.time_split else "stratified",
         "seed": config.seed,
@@ -334,34 +521,62 @@ def _training_summary(config: TrainConfig, splits: Splits, best: CandidateResult
         "cv_folds": config.cv,
         "trials": config.trials,
     }
+    if config.selection == "cv":
+        out["parts"] = ["train", "validation"]
+    return out
 
 
-def _register(config: TrainConfig, splits: Splits, best: CandidateResult, run_dir: Path):
+def _numbers(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _register(
+    config: TrainConfig,
+    splits: Splits,
+    best: CandidateResult,
+    run_dir: Path,
+    profile: Profile | None,
+    fit_df: pd.DataFrame,
+):
     import sklearn
 
     registry = Registry(config.registry)
-    metrics = {k: v for k, v in best.test.items() if isinstance(v, (int, float))}
+    extra: dict[str, Any] = {
+        "description": best.description,
+        "candidate": best.name,
+        "params": _jsonable(best.params),
+        "threshold_strategy": config.threshold_strategy,
+        "review_cost": config.review_cost,
+    }
+    if config.selection == "cv":
+        extra["cv_metrics"] = {
+            **_numbers(best.validation),
+            "auprc_folds_mean": best.cv_auprc,
+            "auprc_folds_std": best.cv_std,
+            "folds": config.cv,
+        }
+        extra["evaluated_on"] = (
+            f"test split; model chosen by {config.cv}-fold CV AUPRC over the training part "
+            "(train + validation), threshold from its out-of-fold scores"
+        )
+    else:
+        extra["validation_metrics"] = _numbers(best.validation)
+        extra["evaluated_on"] = "test split (threshold chosen on validation)"
+    extra["library"] = {"scikit-learn": sklearn.__version__}
+    extra["run_dir"] = str(run_dir)
+    if profile is not None:
+        extra["profile"] = profile.card_section()
+        if profile.path is not None:
+            extra["profile_file"] = str(Path(profile.path).resolve())
     card = registry.register(
         config.name,
         best.estimator,
-        features=FEATURES,
+        features=profile.feature_names if profile is not None else FEATURES,
         threshold=best.threshold,
         framework="sklearn",
-        metrics=metrics,
-        training=_training_summary(config, splits, best),
-        extra={
-            "description": best.description,
-            "candidate": best.name,
-            "params": _jsonable(best.params),
-            "threshold_strategy": config.threshold_strategy,
-            "review_cost": config.review_cost,
-            "validation_metrics": {
-                k: v for k, v in best.validation.items() if isinstance(v, (int, float))
-            },
-            "evaluated_on": "test split (threshold chosen on validation)",
-            "library": {"scikit-learn": sklearn.__version__},
-            "run_dir": str(run_dir),
-        },
+        metrics=_numbers(best.test),
+        training=_training_summary(config, splits, best, fit_df),
+        extra=extra,
     )
     log.info("registered model=%s version=%s candidate=%s", card.name, card.version, best.name)
     return card
@@ -371,15 +586,30 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def _write_reports(run_dir, config, splits, results, rows, table, trials) -> None:
+def _write_reports(
+    run_dir, config, splits, results, rows, table, trials, columns, test: _Part, chosen: _Part
+) -> None:
+    cv_mode = config.selection == "cv"
+    strategy = config.threshold_strategy + (
+        f", review cost {config.review_cost:g}" if config.threshold_strategy == "cost" else ""
+    )
+    if cv_mode:
+        how = (
+            f"Ranked by {config.cv}-fold CV AUPRC over the training part (train + validation); "
+            f"each threshold chosen on the out-of-fold scores ({strategy}); test figures at "
+            "that threshold"
+        )
+    else:
+        how = (
+            f"Ranked by validation AUPRC; test figures at the threshold chosen on validation "
+            f"({strategy})"
+        )
+    profile = f", profile {splits.profile.name}" if splits.profile is not None else ""
     (run_dir / "comparison.md").write_text(
-        f"# Candidates ({config.name})\n\nRanked by validation AUPRC; test figures at the "
-        f"threshold chosen on validation ({config.threshold_strategy}"
-        f"{', review cost ' + format(config.review_cost, 'g') if config.threshold_strategy == 'cost' else ''}"
-        f"). Data: {splits.source}.\n\n{table}"
+        f"# Candidates ({config.name}{profile})\n\n{how}. Data: {splits.source}.\n\n{table}"
     )
     with (run_dir / "comparison.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
     with (run_dir / "trials.csv").open("w", newline="") as f:
@@ -389,36 +619,80 @@ def _write_reports(run_dir, config, splits, results, rows, table, trials) -> Non
         w.writeheader()
         for t in trials:
             w.writerow({**t, "params": json.dumps(t["params"], default=str)})
+    chosen_on = "out_of_fold" if cv_mode else "validation"
     metrics = {
         "config": _jsonable(asdict(config)),
+        "profile": splits.profile.name if splits.profile is not None else None,
         "splits": splits.summary(),
         "source": splits.source,
         "candidates": {
             r.name: {
                 "params": _jsonable(r.params),
                 "cv_auprc": r.cv_auprc,
-                "validation": r.validation,
+                "cv_folds": r.cv_folds,
+                chosen_on: r.validation,
                 "test": r.test,
             }
             for r in results
         },
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    y_te = X_y(splits.test)[1]
-    curves = {r.name: (y_te, r.test_scores) for r in results}
+    curves = {r.name: (test.y, r.test_scores) for r in results}
     plot_pr_curves(curves, run_dir / "pr_curve.png")
     plot_roc_curves(curves, run_dir / "roc_curve.png")
     plot_calibration(curves, run_dir / "calibration.png")
     best = results[0]
-    plot_cost_curve(
-        X_y(splits.validation)[1],
-        best.val_scores,
-        splits.validation["Amount"].to_numpy(),
-        run_dir / "threshold_cost.png",
-        review_cost=config.review_cost,
-        threshold=best.threshold,
-        title=f"{best.name}: threshold vs cost on validation (review cost {config.review_cost:g})",
-    )
+    if chosen.value is not None:
+        plot_cost_curve(
+            chosen.y,
+            best.val_scores,
+            chosen.value,
+            run_dir / "threshold_cost.png",
+            review_cost=config.review_cost,
+            threshold=best.threshold,
+            title=f"{best.name}: threshold vs cost on "
+            f"{'out-of-fold scores' if cv_mode else 'validation'} "
+            f"(review cost {config.review_cost:g})",
+        )
+
+
+def card_profile(card: ModelCard) -> Profile | None:
+    """The profile a card was trained for: by name from the profiles folder, else the
+    file recorded at training time; None for a card without one (credit cards)."""
+    name = card.profile.get("name")
+    if not name:
+        return None
+    from .profile import ProfileError, load_profile
+
+    try:
+        return load_profile(name)
+    except ProfileError as first:
+        recorded = card.data.get("profile_file")
+        if recorded:
+            try:
+                return load_profile(Path(recorded))
+            except ProfileError:
+                pass
+        raise DataError(
+            f"{card.name} v{card.version} was trained for profile {name!r}"
+            + (f" ({recorded})" if recorded else "")
+            + f", which cannot be loaded ({first}); pass --profile NAME|PATH"
+        ) from None
+
+
+def _profile_for_card(card: ModelCard, profile: Profile | None) -> Profile | None:
+    """The profile to read a model's data with: the one given, else the one its card
+    names (a card without a profile section is a credit-card model)."""
+    if profile is None:
+        profile = card_profile(card)
+    features = profile.feature_names if profile is not None else FEATURES
+    if list(features) != card.features:
+        shown = profile.name if profile is not None else "creditcard (no profile)"
+        raise DataError(
+            f"{card.name} v{card.version} takes features {card.features[:6]}… which differ "
+            f"from those of profile {shown} ({list(features)[:6]}…); pass the model's profile"
+        )
+    return profile
 
 
 def evaluate_registered(
@@ -429,8 +703,12 @@ def evaluate_registered(
     test_csv: str | os.PathLike[str],
     review_cost: float | None = None,
     runs_dir: str | os.PathLike[str] = "runs",
+    profile: str | Path | Profile | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Score a split file with a registered model at its card threshold; write plots."""
+    """Score a split file with a registered model at its card threshold; write plots.
+
+    The file is read with ``profile`` (default: the profile the card names; credit cards
+    for a card without one)."""
     from .backends import load_local_backend
 
     path = Path(test_csv)
@@ -439,32 +717,53 @@ def evaluate_registered(
             f"{path} not found; create the splits with `python -m models split` "
             f"(or pass --test-csv)"
         )
-    df = load_split(path)
     backend = load_local_backend(registry, name, ref)
     try:
-        X = np.ascontiguousarray(df[backend.feature_names].to_numpy(dtype=np.float64))
-        y = df["Class"].to_numpy(dtype=np.int64)
+        prof = _profile_for_card(backend.card, resolve_profile(profile))
+        df = load_split(path, profile=prof)
+        X = _backend_batch(df, backend.card)
+        y = X_y(df, profile=prof)[1]
         scores = backend.score(X)
+        version, threshold, card = backend.version, backend.threshold, backend.card
     finally:
         backend.close()
-    cost = review_cost if review_cost is not None else backend.card.data.get("review_cost", 5.0)
-    metrics = evaluate_scores(
-        y, scores, threshold=backend.threshold, amounts=df["Amount"].to_numpy(), review_cost=cost
-    )
-    metrics = {"model": name, "version": backend.version, "data": str(path), **metrics}
-    run_dir = new_run_dir(runs_dir, f"evaluate-{name}-v{backend.version}")
-    label = f"{name} v{backend.version}"
+    cost = review_cost if review_cost is not None else card.data.get("review_cost", 5.0)
+    amounts = value_column(df, prof)
+    metrics = evaluate_scores(y, scores, threshold=threshold, amounts=amounts, review_cost=cost)
+    metrics = {
+        "model": name,
+        "version": version,
+        "data": str(path),
+        **({"profile": prof.name} if prof is not None else {}),
+        **metrics,
+    }
+    run_dir = new_run_dir(runs_dir, f"evaluate-{name}-v{version}")
+    label = f"{name} v{version}"
     if 0 < y.sum() < len(y):
         plot_pr_curves({label: (y, scores)}, run_dir / "pr_curve.png")
         plot_roc_curves({label: (y, scores)}, run_dir / "roc_curve.png")
         plot_calibration({label: (y, scores)}, run_dir / "calibration.png")
-        plot_cost_curve(
-            y,
-            scores,
-            df["Amount"].to_numpy(),
-            run_dir / "threshold_cost.png",
-            review_cost=cost,
-            threshold=backend.threshold,
-        )
+        if amounts is not None:
+            plot_cost_curve(
+                y,
+                scores,
+                amounts,
+                run_dir / "threshold_cost.png",
+                review_cost=cost,
+                threshold=threshold,
+            )
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics, run_dir
+
+
+def _backend_batch(df: pd.DataFrame, card: ModelCard) -> np.ndarray:
+    """Rows in card feature order, as a scoring backend takes them: floats, or an object
+    array with the category labels as strings for a model with categorical features."""
+    if not card.categorical:
+        return np.ascontiguousarray(df[card.features].to_numpy(dtype=np.float64))
+    cats = set(card.categorical)
+    out = np.empty((len(df), len(card.features)), dtype=object)
+    for j, f in enumerate(card.features):
+        col = df[f]
+        out[:, j] = col.astype(str).to_numpy(dtype=object) if f in cats else col.to_numpy(float)
+    return out

@@ -3,7 +3,10 @@
 Each trial builds the candidate's pipeline, fits it on every training fold (the
 resampler inside sees that fold only) and scores the held-out fold with average
 precision. A trial budget and a time budget bound the search; one progress line per
-trial goes to ``progress`` (stderr by default).
+trial goes to ``progress`` (stderr by default). ``X`` is a float array, or a DataFrame
+for models with categorical features (folds are taken by position either way). The
+out-of-fold scores of the best trial come back with it, so the trainer can choose a
+threshold from them without fitting the candidate again.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 import numbers
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -21,7 +24,7 @@ import numpy as np
 from .errors import TrainingError
 from .pipelines import Candidate, fit_estimator
 
-__all__ = ["TuneResult", "check_cv", "cross_val_ap", "tune"]
+__all__ = ["TuneResult", "check_cv", "cross_val_ap", "cross_val_scores", "tune"]
 
 
 @dataclass
@@ -31,6 +34,10 @@ class TuneResult:
     best_score: float
     trials: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    #: out-of-fold scores of the best parameters (None when nothing was cross-validated)
+    oof: np.ndarray | None = field(default=None, repr=False)
+    #: average precision of each fold for the best parameters
+    fold_scores: list[float] = field(default_factory=list)
 
     @property
     def n_complete(self) -> int:
@@ -53,29 +60,98 @@ def _folds(y: np.ndarray, cv: int, seed: int):
     return list(StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed).split(y, y))
 
 
+def _rows(X: Any, idx: np.ndarray) -> Any:
+    return X.iloc[idx] if hasattr(X, "iloc") else X[idx]
+
+
+def _cross_validate(
+    candidate: Candidate,
+    params: Mapping[str, Any],
+    X: Any,
+    y: np.ndarray,
+    *,
+    cv: int,
+    seed: int,
+    trial: Any,
+    categorical: Sequence[str],
+    oof: np.ndarray | None,
+    fold_scores: list[float],
+) -> float:
+    import optuna
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(y)
+    for k, (tr, te) in enumerate(_folds(y, cv, seed)):
+        est = candidate.make(params, seed=seed, categorical=categorical)
+        est = fit_estimator(est, _rows(X, tr), y[tr], name=candidate.name)
+        s = est.predict_proba(_rows(X, te))[:, 1]
+        if oof is not None:
+            oof[te] = s
+        fold_scores.append(float(average_precision_score(y[te], s)))
+        if trial is not None:
+            trial.report(float(np.mean(fold_scores)), k)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+    return float(np.mean(fold_scores))
+
+
 def cross_val_ap(
     candidate: Candidate,
     params: Mapping[str, Any],
-    X: np.ndarray,
+    X: Any,
     y: np.ndarray,
     *,
     cv: int = 3,
     seed: int = 0,
     trial: Any = None,
+    categorical: Sequence[str] = (),
+    oof: np.ndarray | None = None,
+    fold_scores: list[float] | None = None,
 ) -> float:
-    """Mean average precision over stratified folds (reports to ``trial`` for pruning)."""
-    import optuna
-    from sklearn.metrics import average_precision_score
+    """Mean average precision over stratified folds (reports to ``trial`` for pruning).
 
-    scores = []
-    for k, (tr, te) in enumerate(_folds(y, cv, seed)):
-        est = fit_estimator(candidate.make(params, seed=seed), X[tr], y[tr], name=candidate.name)
-        scores.append(average_precision_score(y[te], est.predict_proba(X[te])[:, 1]))
-        if trial is not None:
-            trial.report(float(np.mean(scores)), k)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-    return float(np.mean(scores))
+    ``oof`` (an array of ``len(y)``) receives each row's out-of-fold score and
+    ``fold_scores`` each fold's average precision, when given."""
+    return _cross_validate(
+        candidate,
+        params,
+        X,
+        y,
+        cv=cv,
+        seed=seed,
+        trial=trial,
+        categorical=categorical,
+        oof=oof,
+        fold_scores=[] if fold_scores is None else fold_scores,
+    )
+
+
+def cross_val_scores(
+    candidate: Candidate,
+    params: Mapping[str, Any],
+    X: Any,
+    y: np.ndarray,
+    *,
+    cv: int = 3,
+    seed: int = 0,
+    categorical: Sequence[str] = (),
+) -> tuple[list[float], np.ndarray]:
+    """Average precision of each stratified fold and every row's out-of-fold score."""
+    oof = np.full(len(y), np.nan)
+    folds: list[float] = []
+    _cross_validate(
+        candidate,
+        params,
+        X,
+        y,
+        cv=cv,
+        seed=seed,
+        trial=None,
+        categorical=categorical,
+        oof=oof,
+        fold_scores=folds,
+    )
+    return folds, oof
 
 
 def tune(
@@ -89,12 +165,16 @@ def tune(
     seed: int = 0,
     progress: TextIO | None = None,
     fixed_params: Mapping[str, Any] | None = None,
+    categorical: Sequence[str] = (),
+    first_trial: Mapping[str, Any] | None = None,
 ) -> TuneResult:
     """Search ``candidate.space`` with TPE; returns the best parameters and every trial.
 
     With no search space or ``n_trials == 0`` nothing is searched: the candidate keeps
     ``fixed_params`` (its defaults when None), scored once by cross-validation when
     ``n_trials > 0`` so the table still has a CV figure for the model that is fitted.
+    ``first_trial`` (parameters of the space) is tried first, so the search never ends
+    below that point. ``categorical`` names the DataFrame columns to one-hot encode.
     """
     import optuna
 
@@ -103,8 +183,20 @@ def tune(
     if candidate.space is None or n_trials <= 0:
         params = dict(fixed_params or {})
         score = math.nan
+        oof, folds = None, []
         if n_trials > 0:
-            score = cross_val_ap(candidate, params, X, y, cv=cv, seed=seed)
+            oof, folds = np.full(len(y), np.nan), []
+            score = cross_val_ap(
+                candidate,
+                params,
+                X,
+                y,
+                cv=cv,
+                seed=seed,
+                categorical=categorical,
+                oof=oof,
+                fold_scores=folds,
+            )
             print(
                 f"tune candidate={candidate.name} trial=1/1 state=COMPLETE cv_ap={score:.4f} "
                 f"best={score:.4f} seconds={time.perf_counter() - start:.1f} "
@@ -112,7 +204,9 @@ def tune(
                 file=out,
                 flush=True,
             )
-        return TuneResult(candidate.name, params, score, [], time.perf_counter() - start)
+        return TuneResult(
+            candidate.name, params, score, [], time.perf_counter() - start, oof, folds
+        )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -122,9 +216,31 @@ def tune(
         study_name=candidate.name,
     )
 
+    if first_trial:
+        study.enqueue_trial(dict(first_trial))
+    # out-of-fold scores of the best trial so far (one array kept, not one per trial)
+    best_oof: dict[int, tuple[float, list[float], np.ndarray]] = {}
+
     def objective(trial: optuna.Trial) -> float:
         params = candidate.space(trial)
-        return cross_val_ap(candidate, params, X, y, cv=cv, seed=seed, trial=trial)
+        oof, folds = np.full(len(y), np.nan), []
+        value = cross_val_ap(
+            candidate,
+            params,
+            X,
+            y,
+            cv=cv,
+            seed=seed,
+            trial=trial,
+            categorical=categorical,
+            oof=oof,
+            fold_scores=folds,
+        )
+        kept = next(iter(best_oof.values()), None)
+        if kept is None or value > kept[0]:
+            best_oof.clear()
+            best_oof[trial.number] = (value, folds, oof)
+        return value
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         try:
@@ -170,8 +286,15 @@ def tune(
     # Rebuild the parameter dict through the space so derived keys stay consistent.
     best = study.best_trial
     params = candidate.space(optuna.trial.FixedTrial(best.params))
+    _, folds, oof = best_oof.get(best.number, (None, [], None))
     return TuneResult(
-        candidate.name, params, float(best.value), trials, time.perf_counter() - start
+        candidate.name,
+        params,
+        float(best.value),
+        trials,
+        time.perf_counter() - start,
+        oof,
+        list(folds),
     )
 
 

@@ -36,6 +36,7 @@ def trained(tmp_path_factory):
         seed=3,
         threshold_strategy="cost",
         review_cost=5.0,
+        selection="validation",
         promote="production",
         registry=str(tmp / "registry"),
         data_dir=str(tmp / "data"),
