@@ -96,7 +96,14 @@ def log_training_run(result: TrainResult, *, tracking_uri: str | None = None) ->
         mlflow.log_artifacts(str(result.run_dir), artifact_path="reports")
         registered = None
         if result.card is not None:
-            mlflow.set_tags({"registry.version": result.card.version, "model": config.name})
+            from .mlflow_registry import REGISTRY_ARTIFACTS, VERSION_TAG
+            from .registry import Registry
+
+            mlflow.set_tags({VERSION_TAG: result.card.version, "model": config.name})
+            # the version's card and artifact, as the registry wrote them, so that
+            # MlflowRegistry can serve this MLflow version with every file check
+            version_dir = Registry(config.registry).root / config.name / result.card.version
+            mlflow.log_artifacts(str(version_dir), artifact_path=REGISTRY_ARTIFACTS)
             registered = config.name
         mlflow.sklearn.log_model(
             best.estimator,

@@ -568,10 +568,12 @@ def _register(
         extra["profile"] = profile.card_section()
         if profile.path is not None:
             extra["profile_file"] = str(Path(profile.path).resolve())
+    features = profile.feature_names if profile is not None else list(FEATURES)
+    extra["reference"] = _reference(fit_df, features, profile, best.test_scores)
     card = registry.register(
         config.name,
         best.estimator,
-        features=profile.feature_names if profile is not None else FEATURES,
+        features=features,
         threshold=best.threshold,
         framework="sklearn",
         metrics=_numbers(best.test),
@@ -580,6 +582,24 @@ def _register(
     )
     log.info("registered model=%s version=%s candidate=%s", card.name, card.version, best.name)
     return card
+
+
+def _reference(
+    fit_df: pd.DataFrame, features: list[str], profile: Profile | None, scores: np.ndarray
+) -> dict[str, Any]:
+    """Reference distributions for live drift monitoring: each feature over the rows the
+    model was fitted on (categoricals: the levels its encoder knows), and the scores of
+    the held-out test split, which is what live traffic is expected to look like."""
+    from .drift import reference_profile
+
+    if profile is None:
+        types = ["float"] * len(features)
+        levels = None
+    else:
+        kinds = {f.name: f.type for f in profile.features}
+        types = [kinds[f] for f in features]
+        levels = {f.name: list(f.levels or ()) for f in profile.categorical} or None
+    return reference_profile(fit_df, features, types, scores, levels=levels)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -609,7 +629,7 @@ def _write_reports(
         f"# Candidates ({config.name}{profile})\n\n{how}. Data: {splits.source}.\n\n{table}"
     )
     with (run_dir / "comparison.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     with (run_dir / "trials.csv").open("w", newline="") as f:

@@ -217,3 +217,54 @@ def test_categorical_drift_on_the_machine_failure_profile(tmp_path):
         assert moved.fieldsString["drift_level"] == "critical"
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_training_records_the_reference_and_held_out_rows_do_not_drift(tmp_path):
+    """``models train --profile`` stores each feature's bins (categoricals: the levels the
+    encoder learnt) and the test split's score distribution; the test split, scored by the
+    registered model, stays under the warning level, and a shifted copy does not."""
+    from models.backends import load_backend
+    from models.train import TrainConfig, _backend_batch, train
+
+    config = TrainConfig(
+        name="machine_failure",
+        profile="machine_failure",
+        synthetic_rows=6000,
+        candidates=["lr_balanced"],
+        trials=1,
+        seed=7,
+        registry=str(tmp_path / "registry"),
+        data_dir=str(tmp_path / "data"),
+        runs_dir=str(tmp_path / "runs"),
+        promote="production",
+    )
+    import io
+
+    result = train(config, progress=io.StringIO())
+    card = result.card
+    ref = card.data["reference"]
+    profile = load_profile("machine_failure")
+    assert set(ref["features"]) == set(profile.feature_names) == set(card.features)
+    assert ref["rows"] == result.training_rows
+    kind = ref["features"]["Type"]
+    assert kind["type"] == "categorical" and kind["levels"] == ["H", "L", "M"]
+    assert sum(kind["freq"]) == pytest.approx(1.0)
+    assert ref["score"]["type"] != "categorical" and sum(ref["score"]["freq"]) == pytest.approx(1)
+
+    backend = load_backend(Registry(tmp_path / "registry"), "machine_failure", "production")
+    test = pd.read_csv(tmp_path / "data" / "test.csv")
+    X = _backend_batch(test, card)
+    acc = DriftAccumulator(ref, card.features)
+    acc.add(X, backend.score(X))
+    quiet = acc.result()
+    assert max(quiet.values()) < 0.1, quiet
+
+    hot = test.copy()
+    col = "Torque [Nm]"
+    hot[col] = hot[col] + 2 * hot[col].std()
+    Xh = _backend_batch(hot, card)
+    acc = DriftAccumulator(ref, card.features)
+    acc.add(Xh, backend.score(Xh))
+    shifted = acc.result()
+    assert shifted[col] > 0.25 and max(v for f, v in shifted.items() if f not in (col, "score")) < 0.1

@@ -237,6 +237,15 @@ def test_mlflow_tracking(trained, tmp_path):
     loaded = mlflow.sklearn.load_model(f"models:/creditcard/{versions[0].version}")
     X, _ = X_y(load_split(trained[2] / "data" / "test.csv"))
     np.testing.assert_allclose(loaded.predict_proba(X)[:, 1], result.best.test_scores)
+    # the run carries the registry's version directory: MLflow's registry can serve it
+    from models.mlflow_registry import MlflowRegistry
+
+    client.set_registered_model_alias("creditcard", "champion", versions[0].version)
+    served = MlflowRegistry(uri, tmp_path / "cache", poll_interval=0.0)
+    card = served.card("creditcard", "champion")
+    assert card.version == result.card.version and card.data["reference"]["features"]
+    backend = load_backend(served, "creditcard", "champion")
+    np.testing.assert_allclose(backend.score(X), result.best.test_scores, rtol=1e-12)
 
 
 def test_train_tf_flags_are_the_shared_ones():
