@@ -267,4 +267,6 @@ def test_training_records_the_reference_and_held_out_rows_do_not_drift(tmp_path)
     acc = DriftAccumulator(ref, card.features)
     acc.add(Xh, backend.score(Xh))
     shifted = acc.result()
-    assert shifted[col] > 0.25 and max(v for f, v in shifted.items() if f not in (col, "score")) < 0.1
+    assert (
+        shifted[col] > 0.25 and max(v for f, v in shifted.items() if f not in (col, "score")) < 0.1
+    )
