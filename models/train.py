@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -126,7 +126,8 @@ MONEY_COLUMNS = ("money_caught", "expected_cost")
 class TrainConfig:
     """What ``python -m models train`` does; every field has its CLI flag."""
 
-    name: str = "creditcard"
+    #: registered model name (None: the profile's name; creditcard without a profile)
+    name: str | None = None
     #: profile name, path or Profile (None: credit cards, as always)
     profile: str | Path | Profile | None = None
     csv: str | None = None
@@ -410,6 +411,8 @@ def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult
     """Run the whole job (see the module docstring)."""
     progress = progress if progress is not None else sys.stderr
     profile = resolve_profile(config.profile)
+    if config.name is None:
+        config = replace(config, name=profile.name if profile is not None else "creditcard")
     _check_config(config, profile)
     names = config.candidate_names()
     cands = [get_candidate(n) for n in names]  # fail fast on a typo
