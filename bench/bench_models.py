@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,27 +47,44 @@ def _latency(fn, X: np.ndarray, batch: int, seconds: float = 1.5) -> tuple[float
     return rows / total, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def _selection_sets(args) -> list[tuple[str, str | None, object]]:
-    """(label, profile name or None, frame) of each data set the selection is measured on."""
+@dataclass(frozen=True)
+class _Set:
+    label: str
+    profile: str | None
+    #: the data set split and trained on
+    frame: Any
+    #: a larger sample of the same generator (another seed): the same models scored on
+    #: thousands of positives instead of the test part's few dozen
+    fresh: Any
+    #: also train with the former rule (validation selection)
+    former: bool = False
+
+
+def _selection_sets(args) -> list[_Set]:
     from models.data import make_synthetic
     from models.synthetic import make_machine_failure
 
+    small_rate = 492 / 5_400
     return [
         # the size and positive count of the real credit-card subset the default lost on
-        (
+        _Set(
             "creditcard, 5.4k rows, 492 positives",
             None,
-            make_synthetic(5_400, seed=11, fraud_rate=492 / 5_400),
+            make_synthetic(5_400, seed=11, fraud_rate=small_rate),
+            make_synthetic(60_000, seed=111, fraud_rate=small_rate),
+            former=True,
         ),
-        (
+        _Set(
             f"creditcard, {args.creditcard_rows // 1000}k rows, 0.17 %",
             None,
             make_synthetic(args.creditcard_rows, seed=12),
+            make_synthetic(300_000, seed=112),
         ),
-        (
+        _Set(
             f"machine_failure, {args.machine_rows // 1000}k rows",
             "machine_failure",
             make_machine_failure(args.machine_rows, seed=13),
+            make_machine_failure(50_000, seed=113),
         ),
     ]
 
@@ -97,40 +116,44 @@ def _selection(args) -> None:
     import io
     import tempfile
 
+    import pandas as pd
     from sklearn.metrics import average_precision_score
 
-    from models.data import X_y, load_split
+    from models.data import X_y, load_split, validate_frame
     from models.profile import load_profile
     from models.train import TrainConfig, train
 
     seeds = [int(s) for s in args.seeds.split(",")]
+    small_seeds = [int(s) for s in args.small_seeds.split(",")]
     print(
-        "\nModel selection: test AUPRC of the default training (models train: CV selection) "
-        "and of the former rule (validation selection), beside an untuned "
-        "HistGradientBoostingClassifier fitted on the same training part (train + validation); "
-        "all on the same stratified 70/15/15 split"
+        "\nModel selection: AUPRC of the default training (models train: CV selection), of "
+        "the former rule (validation selection) and of an untuned "
+        "HistGradientBoostingClassifier fitted on the same training part (train + "
+        "validation of the same stratified 70/15/15 split); on the test part, and on a fresh "
+        "sample of the same generator"
     )
-    head = (
+    print(
         f"{'data set':<38} {'seed':>4} {'train+val':>9} {'test pos':>8} "
-        f"{'default':>8} {'(model)':<9} {'former':>8} {'(model)':<9} {'hgb':>8} {'Δ default':>9}"
-        f" {'train s':>7}"
+        f"{'default':>8} {'(model)':<9} {'former':>8} {'(model)':<9} {'hgb':>8} {'Δ test':>8} "
+        f"{'fresh pos':>9} {'default':>8} {'hgb':>8} {'Δ fresh':>8} {'train s':>7}"
     )
-    print(head)
-    for label, profile_name, frame in _selection_sets(args):
-        if args.sets and args.sets not in label:
+    for ds in _selection_sets(args):
+        if args.sets and args.sets not in ds.label:
             continue
-        profile = load_profile(profile_name) if profile_name else None
+        profile = load_profile(ds.profile) if ds.profile else None
         cats = [f.name for f in profile.categorical] if profile is not None else []
-        deltas, defaults, hgbs, formers = [], [], [], []
-        for seed in seeds:
+        fresh = ds.fresh if profile is None else validate_frame(ds.fresh, profile=profile)
+        Xf, yf = X_y(fresh, profile=profile)
+        rows = []
+        for seed in small_seeds if ds.former else seeds:
             with tempfile.TemporaryDirectory() as tmp:
                 csv_path = f"{tmp}/data.csv"
-                frame.to_csv(csv_path, index=False)
+                ds.frame.to_csv(csv_path, index=False)
                 out = {}
-                t0 = time.perf_counter()
-                for selection in ("cv", "validation"):
+                for selection in ("cv", "validation") if ds.former else ("cv",):
+                    t0 = time.perf_counter()
                     config = TrainConfig(
-                        profile=profile_name,
+                        profile=ds.profile,
                         csv=csv_path,
                         seed=seed,
                         selection=selection,
@@ -138,36 +161,51 @@ def _selection(args) -> None:
                         data_dir=f"{tmp}/data-{selection}",
                         runs_dir=f"{tmp}/runs",
                     )
-                    out[selection] = train(config, progress=io.StringIO()).best
-                    if selection == "cv":
-                        train_s = time.perf_counter() - t0
+                    out[selection] = (
+                        train(config, progress=io.StringIO()).best,
+                        time.perf_counter() - t0,
+                    )
                 parts = [
                     load_split(f"{tmp}/data-cv/{p}.csv", profile=profile)
                     for p in ("train", "validation", "test")
                 ]
-                import pandas as pd
-
-                fit = pd.concat(parts[:2], ignore_index=True)
-                X, y = X_y(fit, profile=profile)
-                Xt, yt = X_y(parts[2], profile=profile)
-                hgb = _untuned_hgb(X, y, seed, cats)
-                hgb_ap = float(average_precision_score(yt, hgb.predict_proba(Xt)[:, 1]))
-            d, f = out["cv"], out["validation"]
-            delta = d.test["auprc"] - hgb_ap
-            deltas.append(delta)
-            defaults.append(d.test["auprc"])
-            formers.append(f.test["auprc"])
-            hgbs.append(hgb_ap)
+            fit = pd.concat(parts[:2], ignore_index=True)
+            X, y = X_y(fit, profile=profile)
+            Xt, yt = X_y(parts[2], profile=profile)
+            hgb = _untuned_hgb(X, y, seed, cats)
+            best, train_s = out["cv"]
+            r = {
+                "default": best.test["auprc"],
+                "hgb": float(average_precision_score(yt, hgb.predict_proba(Xt)[:, 1])),
+                "default_fresh": float(
+                    average_precision_score(yf, best.estimator.predict_proba(Xf)[:, 1])
+                ),
+                "hgb_fresh": float(average_precision_score(yf, hgb.predict_proba(Xf)[:, 1])),
+                "former": out["validation"][0].test["auprc"] if ds.former else np.nan,
+            }
+            rows.append(r)
+            former_name = out["validation"][0].name if ds.former else "-"
             print(
-                f"{label:<38} {seed:>4} {len(fit):>9,} {int(yt.sum()):>8} "
-                f"{d.test['auprc']:>8.4f} {d.name:<9} {f.test['auprc']:>8.4f} {f.name:<9} "
-                f"{hgb_ap:>8.4f} {delta:>+9.4f} {train_s:>7.0f}",
+                f"{ds.label:<38} {seed:>4} {len(fit):>9,} {int(yt.sum()):>8} "
+                f"{r['default']:>8.4f} {best.name:<9} {r['former']:>8.4f} {former_name:<9} "
+                f"{r['hgb']:>8.4f} {r['default'] - r['hgb']:>+8.4f} {int(yf.sum()):>9,} "
+                f"{r['default_fresh']:>8.4f} {r['hgb_fresh']:>8.4f} "
+                f"{r['default_fresh'] - r['hgb_fresh']:>+8.4f} {train_s:>7.0f}",
                 flush=True,
             )
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+        def se(a: str, b: str, rows=rows) -> str:
+            d = [r[a] - r[b] for r in rows]
+            return f"±{np.std(d, ddof=1) / np.sqrt(len(d)):.4f}" if len(d) > 1 else ""
+
         print(
-            f"{label + ' (mean)':<38} {'':>4} {'':>9} {'':>8} {np.mean(defaults):>8.4f} "
-            f"{'':<9} {np.mean(formers):>8.4f} {'':<9} {np.mean(hgbs):>8.4f} "
-            f"{np.mean(deltas):>+9.4f}",
+            f"{ds.label + ' (mean)':<38} {'':>4} {'':>9} {'':>8} {mean['default']:>8.4f} "
+            f"{'':<9} {mean['former']:>8.4f} {'':<9} {mean['hgb']:>8.4f} "
+            f"{mean['default'] - mean['hgb']:>+8.4f} {'':>9} {mean['default_fresh']:>8.4f} "
+            f"{mean['hgb_fresh']:>8.4f} {mean['default_fresh'] - mean['hgb_fresh']:>+8.4f}  "
+            f"(standard errors of the mean Δ: test {se('default', 'hgb')}, fresh "
+            f"{se('default_fresh', 'hgb_fresh')})",
             flush=True,
         )
 
@@ -178,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-rows", type=int, default=100_000, help="rows for training figures")
     p.add_argument("--selection-only", action="store_true", help="only the selection figures")
     p.add_argument("--seeds", default="1,2,3", help="split seeds of the selection figures")
+    p.add_argument("--small-seeds", default="1,2,3,4,5",
+                   help="split seeds for the 5.4k-row credit-card set")  # fmt: skip
     p.add_argument("--creditcard-rows", type=int, default=50_000,
                    help="rows of the larger credit-card set (selection figures)")  # fmt: skip
     p.add_argument("--machine-rows", type=int, default=10_000,

@@ -188,12 +188,11 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, train
 
     profile = _profile(args)
-    name = args.name
-    if isinstance(name, _Default) and profile is not None:
-        name = profile.name
+    # the default name follows the profile (TrainConfig's None)
+    name = None if isinstance(args.name, _Default) and profile is not None else args.name
     trials = args.trials if args.trials is not None else (20 if args.search == "full" else 4)
     config = TrainConfig(
-        name=str(name),
+        name=None if name is None else str(name),
         profile=profile,
         csv=args.csv,
         synthetic_rows=args.synthetic_rows,

@@ -264,7 +264,7 @@ def _numeric(raw: pd.Series, col: str, source: str, *, integral: bool = False) -
             i = int(np.flatnonzero(frac)[0])
             raise SchemaError(
                 f"{source}: column {_show(col)} is an int feature but has {int(frac.sum())} "
-                f"value(s) that are not integers; first at line {_line(i)}: {arr[i]!r} "
+                f"value(s) that are not integers; first at line {_line(i)}: {float(arr[i])!r} "
                 "(make it a float feature in the profile)"
             )
     return arr

@@ -313,18 +313,23 @@ def _lr_space(resampler: str) -> Callable[[Any], dict[str, Any]]:
 def _hgb_build(p: Mapping[str, Any], seed: int):
     params = {k: p[k] for k in ("learning_rate", "max_leaf_nodes", "l2_regularization") if k in p}
     params["max_iter"] = p.get("max_iter", 200)
+    if params.get("l2_regularization", 1.0) <= L2_NONE:
+        params["l2_regularization"] = 0.0  # the low end of the log-scale search: none
     if p.get("balanced"):
         # Softened balancing: full inverse-frequency weights overshoot at 0.2 % positives.
         params["class_weight"] = {0: 1.0, 1: float(p.get("pos_weight", 10.0))}
     return build_pipeline("hgb", "none", scale=False, seed=seed, classifier_params=params)
 
 
-#: scikit-learn's own defaults in the hgb search space (no L2 is 1e-3 there): tuned
-#: first, so the search never ends below an untuned HistGradientBoosting
+#: an L2 penalty this low (the bottom of the log-scale search) means none
+L2_NONE = 1e-3
+#: scikit-learn's own defaults in the hgb search space: tuned first, so the search never
+#: ends below an untuned HistGradientBoosting (without its early stopping, which scikit-learn
+#: turns on above 10,000 rows)
 HGB_LIBRARY_DEFAULTS = {
     "learning_rate": 0.1,
     "max_leaf_nodes": 31,
-    "l2_regularization": 1e-3,
+    "l2_regularization": L2_NONE,
     "max_iter": 100,
     "balanced": False,
 }
@@ -334,7 +339,7 @@ def _hgb_space(t) -> dict[str, Any]:
     p = {
         "learning_rate": t.suggest_float("learning_rate", 0.02, 0.2, log=True),
         "max_leaf_nodes": t.suggest_int("max_leaf_nodes", 7, 31),
-        "l2_regularization": t.suggest_float("l2_regularization", 1e-3, 10.0, log=True),
+        "l2_regularization": t.suggest_float("l2_regularization", L2_NONE, 10.0, log=True),
         "max_iter": t.suggest_int("max_iter", 100, 300, step=50),
         "balanced": t.suggest_categorical("balanced", [False, True]),
     }

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -126,9 +126,10 @@ MONEY_COLUMNS = ("money_caught", "expected_cost")
 class TrainConfig:
     """What ``python -m models train`` does; every field has its CLI flag."""
 
-    name: str = "creditcard"
-    #: profile name or path (None: credit cards, as always)
-    profile: str | None = None
+    #: registered model name (None: the profile's name; creditcard without a profile)
+    name: str | None = None
+    #: profile name, path or Profile (None: credit cards, as always)
+    profile: str | Path | Profile | None = None
     csv: str | None = None
     synthetic_rows: int | None = None
     candidates: Sequence[str] | None = None
@@ -225,6 +226,8 @@ class TrainResult:
     profile: Profile | None = None
     #: rows the registered model was fitted on
     training_rows: int = 0
+    #: why the best-ranked ensemble gave way to a single model, or kept its place
+    selection_note: str = ""
 
     @property
     def columns(self) -> list[str]:
@@ -408,6 +411,8 @@ def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult
     """Run the whole job (see the module docstring)."""
     progress = progress if progress is not None else sys.stderr
     profile = resolve_profile(config.profile)
+    if config.name is None:
+        config = replace(config, name=profile.name if profile is not None else "creditcard")
     _check_config(config, profile)
     names = config.candidate_names()
     cands = [get_candidate(n) for n in names]  # fail fast on a typo
@@ -453,6 +458,11 @@ def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult
         results.append(res)
         all_trials.extend(trials)
     results.sort(key=lambda r: r.rank_key)
+    note = ""
+    if cv_mode:
+        results, note = prefer_single_model(results)
+        if note:
+            print(f"select {note}", file=progress, flush=True)
     best = results[0]
 
     columns = CV_TABLE_COLUMNS if cv_mode else TABLE_COLUMNS
@@ -461,11 +471,13 @@ def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult
     rows = [{"rank": i + 1, **r.row()} for i, r in enumerate(results)]
     table = comparison_markdown(rows, columns)
     chosen = fit_on if choose_on is None else choose_on
-    _write_reports(run_dir, config, splits, results, rows, table, all_trials, columns, test, chosen)
+    _write_reports(
+        run_dir, config, splits, results, rows, table, all_trials, columns, test, chosen, note
+    )
 
     card = None
     if config.register:
-        card = _register(config, splits, best, run_dir, trained_profile, fit_df)
+        card = _register(config, splits, best, run_dir, trained_profile, fit_df, note)
         if config.promote:
             Registry(config.registry).promote(config.name, card.version, config.promote)
             print(
@@ -484,6 +496,7 @@ def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult
         config,
         profile=trained_profile,
         training_rows=len(fit_df),
+        selection_note=note,
     )
     if config.mlflow or os.environ.get("MLFLOW_TRACKING_URI"):
         from .tracking import log_training_run
@@ -497,6 +510,41 @@ def train(config: TrainConfig, *, progress: TextIO | None = None) -> TrainResult
         run_dir,
     )
     return result
+
+
+def prefer_single_model(
+    results: list[CandidateResult],
+) -> tuple[list[CandidateResult], str]:
+    """Keep the best single model ahead of a better-ranked ensemble unless the ensemble
+    wins by more than the noise of the comparison: one standard error of their paired
+    fold differences (the folds are the same for every candidate).
+
+    An ensemble scores every point with all its members, so in a stream it costs several
+    models' time; on small data its CV lead over its best member is often within the
+    fold-to-fold noise, and then it does no better on new data. Returns the (re)ordered
+    results and a note saying what was decided ("" when the order stands)."""
+    top = results[0]
+    if not get_candidate(top.name).ensemble:
+        return results, ""
+    singles = [r for r in results if not get_candidate(r.name).ensemble]
+    if not singles:
+        return results, ""
+    single = singles[0]
+    k = min(len(top.cv_folds), len(single.cv_folds))
+    if k < 2 or len(top.cv_folds) != len(single.cv_folds):
+        return results, ""
+    diff = np.asarray(top.cv_folds) - np.asarray(single.cv_folds)
+    lead, se = float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(k))
+    if lead > se:
+        return results, (
+            f"ensemble={top.name} leads single={single.name} by cv_auprc={lead:.4f} "
+            f"> one standard error {se:.4f}: the ensemble is kept"
+        )
+    rest = [r for r in results if r is not single]
+    return [single, *rest], (
+        f"single={single.name} kept ahead of ensemble={top.name}: its cv_auprc lead "
+        f"{lead:.4f} is within one standard error ({se:.4f}) of the paired fold differences"
+    )
 
 
 def _nan_low(v: float) -> float:
@@ -537,6 +585,7 @@ def _register(
     run_dir: Path,
     profile: Profile | None,
     fit_df: pd.DataFrame,
+    note: str = "",
 ):
     import sklearn
 
@@ -559,6 +608,8 @@ def _register(
             f"test split; model chosen by {config.cv}-fold CV AUPRC over the training part "
             "(train + validation), threshold from its out-of-fold scores"
         )
+        if note:
+            extra["selection_note"] = note
     else:
         extra["validation_metrics"] = _numbers(best.validation)
         extra["evaluated_on"] = "test split (threshold chosen on validation)"
@@ -607,7 +658,17 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _write_reports(
-    run_dir, config, splits, results, rows, table, trials, columns, test: _Part, chosen: _Part
+    run_dir,
+    config,
+    splits,
+    results,
+    rows,
+    table,
+    trials,
+    columns,
+    test: _Part,
+    chosen: _Part,
+    note: str = "",
 ) -> None:
     cv_mode = config.selection == "cv"
     strategy = config.threshold_strategy + (
@@ -617,7 +678,9 @@ def _write_reports(
         how = (
             f"Ranked by {config.cv}-fold CV AUPRC over the training part (train + validation); "
             f"each threshold chosen on the out-of-fold scores ({strategy}); test figures at "
-            "that threshold"
+            "that threshold; an ensemble ranks first only when it beats the best single "
+            "model by more than one standard error of their paired fold differences"
+            + (f" ({note})" if note else "")
         )
     else:
         how = (

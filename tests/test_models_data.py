@@ -165,3 +165,243 @@ def test_split_needs_enough_positives():
     df = make_synthetic(100, seed=0)  # a single fraud
     with pytest.raises(DataError, match="at least 3 rows of each class"):
         split_stratified(df)
+
+
+# -- any data set, by profile --------------------------------------------------------------
+from models.data import (  # noqa: E402
+    feature_matrix,
+    load_csv,
+    synthetic_frame,
+    validate_frame,
+    write_splits,
+)
+from models.profile import Feature, Profile, load_profile  # noqa: E402
+from models.synthetic import make_machine_failure  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def machine() -> Profile:
+    return load_profile("machine_failure")
+
+
+@pytest.fixture
+def machine_csv(tmp_path):
+    path = tmp_path / "ai4i.csv"
+    make_machine_failure(300, seed=4).to_csv(path, index=False)
+    return path
+
+
+def test_profile_load_drops_leaky_columns_and_types_each_feature(machine, machine_csv):
+    df = load_csv(machine_csv, profile=machine)
+    # the failure modes and Product ID are dropped; the id comes last, as txn_id does
+    assert list(df.columns) == [*machine.feature_names, "Machine failure", "UDI"]
+    assert df["Type"].dtype == object and set(df["Type"]) <= {"L", "M", "H"}
+    assert df["Rotational speed [rpm]"].dtype == np.int64
+    assert df["Torque [Nm]"].dtype == np.float64
+    assert df["Machine failure"].dtype == np.int64
+    assert df["UDI"].iloc[0] == "1"  # ids are strings, as written
+    raw = pd.read_csv(machine_csv)
+    np.testing.assert_allclose(df["Torque [Nm]"], raw["Torque [Nm]"])
+
+
+def _mutated(path, mutate) -> None:
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    out = mutate(df)
+    (df if out is None else out).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.drop(columns=["Torque [Nm]"]), "missing columns: 'Torque [Nm]'"),
+        (
+            lambda d: d.insert(3, "Shift, team", "a"),
+            "unexpected columns: 'Shift, team' (profile machine_failure: expected Type,",
+        ),
+        (
+            lambda d: d.loc.__setitem__((4, "Air temperature [K]"), "hot"),
+            "column 'Air temperature [K]' has 1 non-numeric value(s); first at line 6: 'hot'",
+        ),
+        (
+            lambda d: d.loc.__setitem__((2, "Tool wear [min]"), "12.5"),
+            "column 'Tool wear [min]' is an int feature but has 1 value(s) that are not "
+            "integers; first at line 4: 12.5",
+        ),
+        (
+            lambda d: d.loc.__setitem__((7, "Type"), " "),
+            "column Type has 1 empty value(s) (a categorical feature needs a level); first at "
+            "line 9",
+        ),
+        (
+            lambda d: d.loc.__setitem__((3, "Machine failure"), "2"),
+            "column 'Machine failure' must be 0 or 1; found [2.0] (1 row(s), first at line 5)",
+        ),
+        (
+            lambda d: d.loc.__setitem__((9, "UDI"), "3"),
+            "column UDI must be unique; '3' repeats (lines 4 and 11)",
+        ),
+        (
+            lambda d: d.loc.__setitem__((5, "UDI"), ""),
+            "column UDI has 1 empty value(s) (every row needs an id); first at line 7",
+        ),
+        (
+            lambda d: d.loc.__setitem__((1, "Process temperature [K]"), ""),
+            "column 'Process temperature [K]' has 1 missing value(s) (NaN/empty); first at line 3",
+        ),
+    ],
+    ids=["missing", "unknown", "float", "int", "categorical", "label", "dup-id", "no-id", "nan"],
+)
+def test_profile_schema_errors_name_column_and_line(machine, machine_csv, mutate, message):
+    _mutated(machine_csv, mutate)
+    with pytest.raises(SchemaError) as err:
+        load_csv(machine_csv, profile=machine)
+    assert message in str(err.value)
+    assert str(machine_csv) in str(err.value)
+
+
+def test_unknown_category_is_data_not_an_error(machine, machine_csv):
+    _mutated(machine_csv, lambda d: d.loc.__setitem__((0, "Type"), "X (new line)"))
+    df = load_csv(machine_csv, profile=machine)
+    assert df["Type"].iloc[0] == "X (new line)"
+
+
+def test_dropped_columns_are_optional(machine, machine_csv):
+    _mutated(machine_csv, lambda d: d.drop(columns=["TWF", "Product ID"]))
+    assert len(load_csv(machine_csv, profile=machine)) == 300
+
+
+def _awkward_profile(id_column: str | None) -> Profile:
+    return Profile(
+        name="awkward",
+        database="awkward",
+        measurement="points",
+        scored_measurement="points_scored",
+        id=id_column,
+        label="bad?",
+        features=(
+            Feature("Air temperature [K]"),
+            Feature("speed, rpm", "int"),
+            Feature("a=b"),
+            Feature("colour", "categorical", ("blue", "red, dark")),
+        ),
+        tags=("site name",),
+        drop=("notes",),
+        value="cost [EUR]",
+        order="t (s)",
+        alert_index="awkward-alerts",
+    )
+
+
+def _awkward_frame(n: int = 120) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    y = np.zeros(n, dtype=int)
+    y[rng.choice(n, 20, replace=False)] = 1
+    return pd.DataFrame(
+        {
+            "t (s)": rng.permutation(n).astype(float),
+            "Air temperature [K]": np.round(rng.normal(300, 2, n), 3),
+            "speed, rpm": rng.integers(1000, 2000, n),
+            "a=b": rng.normal(size=n),
+            "colour": rng.choice(["blue", "red, dark", 'say "hi"'], n),
+            "site name": rng.choice(["north", "south east"], n),
+            "notes": "free, text",
+            "cost [EUR]": np.round(rng.uniform(1, 100, n), 2),
+            "bad?": y,
+        }
+    )
+
+
+def test_ids_are_generated_when_the_profile_has_none(tmp_path):
+    p = _awkward_profile(None)
+    path = tmp_path / "a.csv"
+    _awkward_frame().to_csv(path, index=False)
+    df = load_csv(path, profile=p)
+    assert "id" not in df.columns  # nothing to read...
+    s = split_stratified(df, seed=1, profile=p)
+    ids = pd.concat([part["id"] for part in s])  # ...so split files number the rows
+    assert ids.is_unique and ids.str.match(r"^t\d{6}$").all()
+
+
+def test_split_files_keep_awkward_names_through_csv_round_trips(tmp_path):
+    p = _awkward_profile(None)
+    src = tmp_path / "a.csv"
+    _awkward_frame().to_csv(src, index=False)
+    s = prepare_splits(tmp_path / "data", csv=src, seed=2, profile=p)
+    header = (tmp_path / "data" / "train.csv").read_text().splitlines()[0]
+    assert header == (
+        'Air temperature [K],"speed, rpm",a=b,colour,site name,cost [EUR],t (s),bad?,id'
+    )
+    for name, part in zip(("train", "validation", "test"), s, strict=True):
+        back = load_split(tmp_path / "data" / f"{name}.csv", profile=p)
+        pd.testing.assert_frame_equal(back, part)
+        # and once more: written by write_splits from what was read
+    write_splits(type(s)(*[load_split(tmp_path / "data" / f"{n}.csv", profile=p)
+                           for n in ("train", "validation", "test")], profile=p),
+                 tmp_path / "again")  # fmt: skip
+    for name in ("train", "validation", "test"):
+        assert (tmp_path / "again" / f"{name}.csv").read_bytes() == (
+            tmp_path / "data" / f"{name}.csv"
+        ).read_bytes()
+    assert set(s.test["colour"]) <= {"blue", "red, dark", 'say "hi"'}
+    assert "notes" not in s.test.columns
+    # the source file itself still loads: its dropped column is ignored
+    assert "notes" in pd.read_csv(src).columns
+
+
+def test_time_split_follows_the_profile_order_column(tmp_path):
+    p = _awkward_profile(None)
+    df = validate_frame(_awkward_frame(400), profile=p)
+    s = split_by_time(df, profile=p)
+    assert s.train["t (s)"].max() < s.validation["t (s)"].min()
+    assert s.validation["t (s)"].max() < s.test["t (s)"].min()
+    # no order column: file order
+    q = Profile(**{**p.__dict__, "order": None, "path": None})
+    s2 = split_by_time(df, profile=q)
+    assert s2.train.equals(df.iloc[: len(s2.train)].assign(id=s2.train["id"]))
+
+
+def test_X_y_by_profile(machine, machine_csv):
+    df = load_csv(machine_csv, profile=machine)
+    X, y = X_y(df.iloc[:, ::-1], profile=machine)  # column order of the frame does not matter
+    assert isinstance(X, pd.DataFrame) and list(X.columns) == machine.feature_names
+    assert X["Type"].dtype == object and isinstance(X["Type"].iloc[0], str)
+    assert all(X[c].dtype == np.float64 for c in machine.feature_names if c != "Type")
+    np.testing.assert_array_equal(y, df["Machine failure"].to_numpy())
+    # a numeric-only profile gives the float array credit cards always had
+    cards = load_profile("creditcard")
+    small = make_synthetic(50, seed=1)
+    Xc, yc = X_y(small, profile=cards)
+    np.testing.assert_array_equal(Xc, X_y(small)[0])
+    with pytest.raises(SchemaError, match="categorical features Type cannot go into a float"):
+        feature_matrix(df, profile=machine, as_frame=False)
+
+
+def test_synthetic_data_per_profile(machine):
+    df = synthetic_frame(500, seed=3, profile=machine)
+    assert list(df.columns) == [*machine.feature_names, "Machine failure", "UDI"]
+    assert 0 < df["Machine failure"].mean() < 0.15
+    assert synthetic_frame(200, seed=3).equals(make_synthetic(200, seed=3))
+    with pytest.raises(DataError, match="profile 'awkward' has no synthetic generator"):
+        synthetic_frame(100, profile=_awkward_profile(None))
+
+
+def test_a_profile_gets_its_own_default_csv(tmp_path, machine):
+    make_machine_failure(400, seed=1).to_csv(tmp_path / "machine_failure.csv", index=False)
+    make_synthetic(3000, seed=1).to_csv(tmp_path / "creditcard.csv", index=False)
+    s = prepare_splits(tmp_path, profile=machine)
+    assert s.source.endswith("machine_failure.csv") and s.profile is machine
+    assert prepare_splits(tmp_path).source.endswith("creditcard.csv")
+
+
+def test_unlabelled_profile_cannot_be_split(tmp_path):
+    p = Profile(**{**_awkward_profile(None).__dict__, "label": None, "path": None})
+    df = validate_frame(_awkward_frame().drop(columns=["bad?"]), profile=p)
+    with pytest.raises(DataError, match="names no label column"):
+        split_stratified(df, profile=p)
+
+
+def test_make_synthetic_fraud_rate():
+    df = make_synthetic(5_400, seed=1, fraud_rate=492 / 5_400)
+    assert int(df["Class"].sum()) == 492
+    with pytest.raises(DataError, match="fraud_rate"):
+        make_synthetic(100, fraud_rate=1.5)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -316,18 +317,47 @@ def test_parse_columns_keeps_names_with_commas():
 
 
 # -- the command line ---------------------------------------------------------------------
-def _cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "models", "profile", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+@dataclass
+class _Run:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_cli_infer_show_validate(awkward_csv, tmp_path):
+@pytest.fixture
+def _cli(capsys):
+    """``python -m models profile ...`` in this process (its exit status and output)."""
+    from models.__main__ import main
+
+    def run(*args, cwd=None) -> _Run:
+        capsys.readouterr()
+        rc = main(["profile", *args])
+        out = capsys.readouterr()
+        return _Run(rc, out.out, out.err)
+
+    return run
+
+
+def test_cli_process_exit_codes(tmp_path):
+    # the real entry point, once each way
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "models", "profile", *args],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    r = run("validate", "machine_failure")
+    assert r.returncode == 0 and r.stdout.startswith("ok: profile machine_failure")
+    r = run("validate", "nope")
+    assert r.returncode == 2 and r.stderr.startswith("error: no profile 'nope'")
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_infer_show_validate(awkward_csv, tmp_path, _cli):
     out = tmp_path / "profiles" / "aw.toml"
     r = _cli("infer", "--csv", str(awkward_csv), "--label", "label", "--id", "row id",
              "--name", "aw", "-o", str(out), cwd=tmp_path)  # fmt: skip

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import require_module
 
@@ -286,3 +287,204 @@ def test_train_tf_seed_zero_is_used(tmp_path, monkeypatch):
     # the split written is the seed-0 split, not the default seed's
     seed0 = split_stratified(make_synthetic(3000, seed=0), seed=0).test[TXN_ID]
     assert load_split(tmp_path / "test.csv")[TXN_ID].tolist() == seed0.tolist()
+
+
+# -- model selection by CV, and training by profile ----------------------------------------
+from models.data import load_csv  # noqa: E402
+from models.evaluation import choose_threshold  # noqa: E402
+from models.pipelines import fit_estimator, get_candidate  # noqa: E402
+from models.profile import Profile, load_profile  # noqa: E402
+from models.synthetic import make_machine_failure  # noqa: E402
+from models.train import CV_TABLE_COLUMNS, _backend_batch  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cv_trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cv")
+    src = tmp / "cards.csv"
+    make_synthetic(4000, seed=5, fraud_rate=0.05).to_csv(src, index=False)
+    config = TrainConfig(
+        csv=str(src),
+        candidates=["lr_smote", "rf_under"],
+        trials=2,
+        seed=4,
+        registry=str(tmp / "registry"),
+        data_dir=str(tmp / "data"),
+        runs_dir=str(tmp / "runs"),
+    )
+    return train(config, progress=io.StringIO()), tmp
+
+
+def test_cv_selection_ranks_by_cv_and_thresholds_on_out_of_fold_scores(cv_trained):
+    result, tmp = cv_trained
+    assert result.config.selection == "cv"
+    cvs = [r.cv_auprc for r in result.results]
+    assert cvs == sorted(cvs, reverse=True) and result.best is result.results[0]
+    # the training part is train + validation: no row set aside for validation
+    parts = [load_split(tmp / "data" / f"{p}.csv") for p in ("train", "validation", "test")]
+    fit = pd.concat(parts[:2], ignore_index=True)
+    X, y = X_y(fit)
+    best = result.best
+    assert result.training_rows == len(fit) == 3400 and len(best.val_scores) == len(fit)
+    assert not np.isnan(best.val_scores).any()
+    # the out-of-fold scores are those of k-fold CV with the chosen parameters...
+    from models.tuning import cross_val_scores
+
+    folds, oof = cross_val_scores(get_candidate(best.name), best.params, X, y, cv=3, seed=4)
+    np.testing.assert_allclose(oof, best.val_scores, atol=1e-12)
+    assert best.cv_auprc == pytest.approx(np.mean(folds))
+    # ...and the threshold is the best F1 on them
+    assert best.threshold == choose_threshold(y, oof, strategy="f1").threshold
+    # the registered model is refitted on the whole training part
+    again = fit_estimator(get_candidate(best.name).make(best.params, seed=4), X, y)
+    Xt, _ = X_y(parts[2])
+    np.testing.assert_allclose(again.predict_proba(Xt)[:, 1], best.test_scores, atol=1e-12)
+
+    card = result.card
+    assert card.features == FEATURES and "profile" not in card.data  # credit cards as ever
+    assert card.data["training"]["rows"] == 3400 and card.data["training"]["selection"] == "cv"
+    cvm = card.data["cv_metrics"]
+    assert cvm["auprc_folds_mean"] == pytest.approx(best.cv_auprc) and cvm["folds"] == 3
+    assert cvm["rows"] == 3400 and card.metrics["rows"] == 600  # test metrics stay
+    assert "validation_metrics" not in card.data and "out-of-fold" in card.data["evaluated_on"]
+    with (result.run_dir / "comparison.csv").open() as f:
+        assert next(csv.reader(f)) == CV_TABLE_COLUMNS
+
+
+def test_resampling_ratio_below_the_data_s_own_is_raised():
+    # 20 % positives: SMOTE to 10 % would have to remove minority rows, which
+    # imbalanced-learn refuses; the pipeline resamples just above the data's ratio instead
+    from models.pipelines import RATIO_MARGIN
+
+    X, y = X_y(make_synthetic(2000, seed=1, fraud_rate=0.2))
+    est = fit_estimator(get_candidate("lr_smote").make({"ratio": 0.05}), X, y)
+    assert est.named_steps["resample"].sampling_strategy == pytest.approx(0.25 * RATIO_MARGIN)
+    for name in ("rf_under", "bagging", "lr_adasyn"):
+        fit_estimator(get_candidate(name).make({}), X, y, name=name)
+
+
+@pytest.fixture(scope="module")
+def machine_trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("machine")
+    config = TrainConfig(
+        name="machine",
+        profile="machine_failure",
+        synthetic_rows=3000,
+        candidates=["lr_smote", "rf_under"],
+        trials=1,
+        seed=2,
+        promote="production",
+        registry=str(tmp / "registry"),
+        data_dir=str(tmp / "data"),
+        runs_dir=str(tmp / "runs"),
+    )
+    return train(config, progress=io.StringIO()), tmp
+
+
+def test_profile_model_takes_raw_categories_and_an_unseen_one(machine_trained):
+    result, tmp = machine_trained
+    profile = load_profile("machine_failure")
+    backend = load_backend(Registry(tmp / "registry"), "machine", "production")
+    card = backend.card
+    assert card.features == profile.feature_names
+    assert card.feature_types == ["categorical", "float", "float", "int", "float", "int"]
+    train_part = pd.concat(
+        [load_split(tmp / "data" / f"{p}.csv", profile=profile) for p in ("train", "validation")]
+    )
+    assert card.categorical == {"Type": tuple(sorted(set(train_part["Type"])))}
+    assert card.profile["name"] == "machine_failure" and card.profile["id"] == "UDI"
+    # the encoder is the pipeline's first step, fitted on the card's feature columns
+    est = backend.estimator
+    assert est.steps[0][0] == "encode" and list(est.feature_names_in_) == card.features
+    test = load_split(tmp / "data" / "test.csv", profile=profile)
+    batch = _backend_batch(test, card)
+    np.testing.assert_allclose(backend.score(batch), result.best.test_scores, rtol=1e-12)
+    # a level never seen in training is scored, not refused: it encodes as no known level
+    unseen = batch[:5].copy()
+    unseen[:, 0] = "Z (new line)"
+    s = backend.score(unseen)
+    assert s.shape == (5,) and np.all((s >= 0) & (s <= 1))
+    # a row whose level is unknown scores like the same row with every level switched off
+    frame = pd.DataFrame(unseen, columns=card.features)
+    enc = est.named_steps["encode"].transform(frame)
+    assert enc[:, :3].sum() == 0
+    # no value column: no money figures anywhere
+    assert "money_caught" not in card.metrics
+    assert "money_caught" not in result.table_markdown
+    assert not (result.run_dir / "threshold_cost.png").exists()
+
+
+def test_profile_training_refuses_what_it_cannot_do(tmp_path):
+    with pytest.raises(TrainingError, match="cost strategy .* has none \\(columns.value\\)"):
+        train(TrainConfig(profile="machine_failure", threshold_strategy="cost",
+                          data_dir=str(tmp_path)))  # fmt: skip
+    with pytest.raises(TrainingError, match="unknown selection 'holdout'"):
+        train(TrainConfig(selection="holdout", data_dir=str(tmp_path)))
+    unlabelled = Profile(**{**load_profile("machine_failure").__dict__, "label": None})
+    with pytest.raises(TrainingError, match="names no label column"):
+        train(TrainConfig(profile=unlabelled, data_dir=str(tmp_path)))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_cli_train_split_evaluate_by_profile(tmp_path):
+    r = _cli("train", "--profile", "machine_failure", "--synthetic-rows", "3000", "--trials", "1",
+             "--candidates", "lr_smote", "rf_under", "--promote", "production", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "registered machine_failure v1" in r.stdout and "oof_auprc" in r.stdout
+    assert "money_caught" not in r.stdout
+    data = tmp_path / "data" / "machine_failure"  # its own folder: data/ stays the cards'
+    assert sorted(p.name for p in data.iterdir()) == ["test.csv", "train.csv", "validation.csv"]
+    header = (data / "test.csv").read_text().splitlines()[0]
+    assert header.startswith("Type,Air temperature [K],Process temperature [K]")
+
+    r = _cli("evaluate", "machine_failure", "--json", cwd=tmp_path)  # profile from the card
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["profile"] == "machine_failure" and m["rows"] == 450 and "money_caught" not in m
+
+    r = _cli("split", "--profile", "machine_failure", "--synthetic-rows", "2000", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "data/machine_failure/test.csv: 300 rows" in r.stdout and "positive" in r.stdout
+
+    r = _cli("train-tf", "--profile", "machine_failure", "--synthetic-rows", "2000", cwd=tmp_path)
+    assert r.returncode == 2 and "train-tf takes numeric features only" in r.stderr
+    assert "'Type'" in r.stderr and "Traceback" not in r.stderr
+
+    # a data file that does not match the profile: one clear line
+    bad = tmp_path / "bad.csv"
+    make_machine_failure(100, seed=1).drop(columns=["Torque [Nm]"]).to_csv(bad, index=False)
+    r = _cli("train", "--profile", "machine_failure", "--csv", str(bad), cwd=tmp_path)
+    assert r.returncode == 2 and "missing columns: 'Torque [Nm]'" in r.stderr
+    assert load_csv(tmp_path / "data" / "machine_failure" / "test.csv",
+                    profile=load_profile("machine_failure")).shape[0] == 300  # fmt: skip
+
+
+def _result(name: str, folds: list[float]):
+    from models.train import CandidateResult
+
+    return CandidateResult(
+        name=name, description="", resampling="", params={}, cv_auprc=float(np.mean(folds)),
+        fit_seconds=0.0, threshold=0.5, validation={"auprc": float(np.mean(folds))}, test={},
+        estimator=None, val_scores=np.empty(0), test_scores=np.empty(0), selection="cv",
+        cv_folds=folds,
+    )  # fmt: skip
+
+
+def test_an_ensemble_must_beat_the_best_single_model_by_more_than_the_noise():
+    from models.train import prefer_single_model
+
+    hgb = _result("hgb", [0.80, 0.85, 0.90])
+    lr = _result("lr_smote", [0.70, 0.75, 0.80])
+    # voting leads hgb by 0.01 on average, but one fold says the opposite
+    noisy = _result("voting", [0.83, 0.84, 0.91])
+    ordered, note = prefer_single_model([noisy, hgb, lr])
+    assert [r.name for r in ordered] == ["hgb", "voting", "lr_smote"]
+    assert "single=hgb kept ahead of ensemble=voting" in note
+    # a lead of 0.01 on every fold is beyond the noise: the ensemble stays first
+    steady = _result("voting", [0.81, 0.86, 0.91])
+    ordered, note = prefer_single_model([steady, hgb, lr])
+    assert [r.name for r in ordered] == ["voting", "hgb", "lr_smote"]
+    assert "the ensemble is kept" in note
+    # a single model first: nothing to decide
+    assert prefer_single_model([hgb, noisy]) == ([hgb, noisy], "")
