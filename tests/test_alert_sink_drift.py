@@ -429,6 +429,11 @@ def test_a_drift_alert_from_the_agent_reaches_elasticsearch_as_drift(tmp_path, p
             t0 = 1_795_000_000_000_000_000 + step * 60 * 10**9
             point = _window(c, window, t0)
             fields = _point_fields(point)
+            # what the dashboards and the sink read of model_drift is what the agent writes
+            psi = {contract.DRIFT_PSI_PREFIX + f for f in contract.FEATURES}
+            assert set(fields) == psi | set(contract.DRIFT_FIELDS)
+            assert point.name == contract.DRIFT_MEASUREMENT
+            assert set(point.tags) == set(contract.OUTPUT_TAGS)
             tags = {**point.tags, tag_key: tag_value}  # |default().tag('data_set', ...)
             assert fields["drift_level"] != "insufficient"  # |where() lets it through
             level = {"critical": "CRITICAL", "warning": "WARNING"}.get(fields["drift_level"], "OK")

@@ -715,14 +715,22 @@ def _quality_fields() -> set[str]:
     return fields
 
 
+def _drift_names() -> set[str]:
+    """What the drift task writes into model_drift: the agent's fields (contract.DRIFT_FIELDS
+    and psi_<feature>, held to the agent by tests/test_alert_sink_drift.py) and the tag the
+    task adds."""
+    psi = {contract.DRIFT_PSI_PREFIX + f for f in contract.FEATURES}
+    return psi | set(contract.DRIFT_FIELDS) | {contract.DATA_SET_TAG}
+
+
 def test_influx_queries_name_only_contract_measurements_and_fields():
     measurements = {
         contract.INPUT_MEASUREMENT, contract.SCORED_MEASUREMENT,
-        contract.MODEL_QUALITY_MEASUREMENT,
+        contract.MODEL_QUALITY_MEASUREMENT, contract.DRIFT_MEASUREMENT,
     }  # fmt: skip
     names = (
         set(contract.INPUT_FIELDS) | set(contract.OUTPUT_FIELDS) | set(contract.OUTPUT_TAGS)
-        | {contract.SOURCE_TAG} | _quality_fields()
+        | {contract.SOURCE_TAG} | _quality_fields() | _drift_names()
     )  # fmt: skip
     checked = 0
     for name, dashboard in _dashboards().items():
@@ -749,7 +757,11 @@ def _influx_targets():
 
 
 def test_dashboards_filter_and_group_by_model():
-    per_model = (contract.SCORED_MEASUREMENT, contract.MODEL_QUALITY_MEASUREMENT)
+    per_model = (
+        contract.SCORED_MEASUREMENT,
+        contract.MODEL_QUALITY_MEASUREMENT,
+        contract.DRIFT_MEASUREMENT,
+    )
     checked = 0
     for name, panel, target in _influx_targets():
         query = target["query"]
@@ -761,8 +773,8 @@ def test_dashboards_filter_and_group_by_model():
         assert '"model"' in group or re.search(r",\s*\*", group), f"{where}: not per model"
         assert "$tag_model" in target.get("alias", ""), f"{where}: series not named by model"
         checked += 1
-    assert checked >= 12
-    for dashboard in ("live-scoring.json", "model-quality.json"):
+    assert checked >= 16
+    for dashboard in ("live-scoring.json", "model-quality.json", "model-drift.json"):
         (var,) = _dashboards()[dashboard]["templating"]["list"]
         assert var["name"] == "model" and var["multi"] and var["includeAll"]
         assert (
@@ -805,6 +817,14 @@ def test_every_dashboard_query_runs_on_a_real_influxdb(influxdb):
             f"model_quality,model=a,model_version=1 precision=0.5,recall=0.5,alert_rate=0.1,"
             f"tp=1i,fp=1i,fn=1i,flagged=2i,total=20i {ts}"
         )
+        for model, version in (("a", "1"), ("b", "3")):
+            psi = ",".join(f"psi_{f}=0.0{(i + j) % 9 + 1}" for j, f in enumerate(contract.FEATURES))
+            level = '"critical"' if i % 5 == 0 else '"ok"'
+            lines.append(
+                f"model_drift,model={model},model_version={version},data_set=creditcard "
+                f'{psi},psi_score=0.02,psi_max=0.3,drift_feature="V14",drift_level={level},'
+                f"count=600i,unscored=0i {ts}"
+            )
     influxdb.write(contract.DATABASE, "\n".join(lines))
 
     def run(query: str, models: str) -> list[dict]:
@@ -818,7 +838,7 @@ def test_every_dashboard_query_runs_on_a_real_influxdb(influxdb):
         assert "error" not in result, (q, result)
         return result.get("series", [])
 
-    for dashboard in ("live-scoring.json", "model-quality.json"):
+    for dashboard in ("live-scoring.json", "model-quality.json", "model-drift.json"):
         (var,) = _dashboards()[dashboard]["templating"]["list"]
         values = {v[1] for s in run(var["query"], "") for v in s["values"]}
         assert values == {"a", "b"}
@@ -832,7 +852,7 @@ def test_every_dashboard_query_runs_on_a_real_influxdb(influxdb):
         only_b = {s.get("tags", {}).get("model") for s in run(target["query"], "b")}
         assert only_b <= {"b"}, (name, panel["title"])
         checked += 1
-    assert checked >= 12
+    assert checked >= 16
 
 
 def test_prometheus_queries_name_metrics_the_services_export():
