@@ -326,6 +326,14 @@ def test_udf_socket_is_a_shared_named_volume(services):
     assert "group_add" not in kapacitor
 
 
+#: [udf.functions] name -> the agent's flag serving it
+AGENT_SOCKET_FLAGS = {
+    "score": "--socket",
+    "score_batch": "--batch-socket",
+    "drift": "--drift-socket",
+}
+
+
 def test_kapacitor_conf_sockets_match_the_agent(services):
     conf = COMPOSE_DIR / "kapacitor" / "kapacitor.conf"
     if not conf.exists():
@@ -333,8 +341,11 @@ def test_kapacitor_conf_sockets_match_the_agent(services):
     data = tomllib.loads(conf.read_text(encoding="utf-8"))
     functions = data["udf"]["functions"]
     assert functions["score"]["socket"] == f"{SOCKET_DIR}/udf.sock"
-    if "score_batch" in functions:
-        assert functions["score_batch"]["socket"] == f"{SOCKET_DIR}/udf-batch.sock"
+    # every UDF Kapacitor is configured with is served by the agent, under its flag
+    agent = services["udf-agent"]["command"]
+    assert set(functions) == set(AGENT_SOCKET_FLAGS)
+    for udf, flag in AGENT_SOCKET_FLAGS.items():
+        assert functions[udf]["socket"] == _flag(agent, flag), udf
     kapacitor = services["kapacitor"]
     mounts = _mounts(kapacitor)
     env = kapacitor["environment"]
@@ -346,7 +357,8 @@ def test_kapacitor_conf_sockets_match_the_agent(services):
     assert mounts[kapacitor["entrypoint"][-1]] == "./kapacitor/entrypoint.sh"
     # the entrypoint waits for the same sockets the agent creates
     text = entrypoint.read_text(encoding="utf-8")
-    assert f"{SOCKET_DIR}/udf.sock" in text and f"{SOCKET_DIR}/udf-batch.sock" in text
+    (waited,) = re.findall(r'UDF_SOCKETS="\$\{UDF_SOCKETS-([^}]*)\}"', text)
+    assert sorted(waited.split()) == sorted(f["socket"] for f in functions.values())
     # the alert sink token reaches Kapacitor's httppost basic auth from the environment
     (post,) = [p for p in data["httppost"] if p["endpoint"] == "alert-sink"]
     assert post["url"] == "http://alert-sink:9000/kapacitor"
@@ -477,6 +489,10 @@ def test_supervisor_probes_the_agents_sockets_and_reaches_kapacitor_and_influxdb
     batch_udf = _flag(command, "--batch-udf") if "--batch-udf" in command else "score_batch"
     assert functions[stream_udf]["socket"] == _flag(command, "--socket")
     assert functions[batch_udf]["socket"] == _flag(command, "--batch-socket")
+    # the drift tasks are watched too (re-enabled after an agent restart, not backfilled)
+    assert _flag(command, "--drift-socket") == _flag(agent["command"], "--drift-socket")
+    drift_udf = _flag(command, "--drift-udf") if "--drift-udf" in command else "drift"
+    assert functions[drift_udf]["socket"] == _flag(command, "--drift-socket")
     # Kapacitor's API on its container port, InfluxDB with the credentials make env writes
     port = conf["http"]["bind-address"].rsplit(":", 1)[1]
     assert _flag(command, "--kapacitor-url") == f"http://kapacitor:{port}"

@@ -1462,7 +1462,8 @@ def test_a_data_set_without_a_label_gets_no_quality_task(tmp_path):
 def test_models_profile_tasks_writes_a_load_directory(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "models", "profile", "tasks", "machine_failure", "-o",
-         str(tmp_path), "--model", "mf", "--threshold", "0.3", "--no-challenger"],
+         str(tmp_path), "--model", "mf", "--threshold", "0.3", "--no-challenger",
+         "--drift-period", "5m", "--drift-crit", "0.3"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -1470,6 +1471,31 @@ def test_models_profile_tasks_writes_a_load_directory(tmp_path):
     assert score["vars"]["threshold"]["value"] == 0.3 and "challenger" not in score["vars"]
     assert score["vars"]["measurement"]["value"] == "machine_readings"
     assert (tmp_path / "templates" / "score_transactions.tick").is_file()
+    drift = json.loads((tmp_path / "tasks" / "drift_mf.json").read_text())["vars"]
+    assert drift["model"]["value"] == "mf" and drift["data_set"]["value"] == "machine_failure"
+    assert drift["period"]["value"] == "5m" and drift["crit"]["value"] == 0.3
+    assert (
+        drift["input_query"]["value"] == 'SELECT * FROM "maintenance"."autogen"."machine_readings"'
+    )
+    assert (tmp_path / "templates" / "model_drift.tick").is_file()
+    out = tmp_path / "quiet"
+    r = subprocess.run(
+        [sys.executable, "-m", "models", "profile", "tasks", "machine_failure", "-o", str(out),
+         "--no-drift", "--explain", "5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert not (out / "tasks" / "drift_machine_failure.json").exists()
+    score = json.loads((out / "tasks" / "score_machine_failure.json").read_text())
+    assert score["vars"]["explain"]["value"] == 5
+    for bad in (["--drift-warn", "0.3", "--drift-crit", "0.2"], ["--drift-period", "10"],
+                ["--explain", "11"]):  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-m", "models", "profile", "tasks", "machine_failure", "-o",
+             str(out), *bad],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 2 and bad[0] in r.stderr, (bad, r.stderr)
     r = subprocess.run(
         [sys.executable, "-m", "models", "profile", "tasks", "nope", "-o", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
