@@ -149,8 +149,12 @@ def _top_features_suffix() -> str:
     return f"{action}; top features {{{{ . }}}}{{{{ end }}}}"
 
 
-def alert_texts(p: Profile) -> dict[str, str]:
-    """The alert node's id, message and details templates for ``p``'s scored points."""
+def alert_texts(p: Profile, *, explanation: bool = False) -> dict[str, str]:
+    """The alert node's id, message and details templates for ``p``'s scored points. With
+    ``explanation`` (what the alert tasks use) the message ends with the point's
+    top_features when it has them, through a ``{{ with }}`` action; without it, the message
+    has ``{{ index }}`` actions only."""
+    suffix = _top_features_suffix() if explanation else ""
     model = go_template_field(MODEL_TAG, tag=True)
     version = go_template_field(MODEL_VERSION_TAG, tag=True)
     score, threshold = go_template_field("score"), go_template_field("threshold")
@@ -162,7 +166,7 @@ def alert_texts(p: Profile) -> dict[str, str]:
         return {
             "alert_id": f"fraud:{model}",
             "message": f"Suspected fraud: txn {txn} scored {score} (threshold {threshold}), "
-            f"amount {amount}, model {model} v{version}{_top_features_suffix()}",
+            f"amount {amount}, model {model} v{version}{suffix}",
             "details": f"txn_id={txn} score={score} threshold={threshold} amount={amount} "
             f"model={model} model_version={version} source={source} label={label}",
         }
@@ -172,7 +176,7 @@ def alert_texts(p: Profile) -> dict[str, str]:
     message = f"Anomaly in {p.name}: {p.id_column} {ident} scored {score} (threshold {threshold})"
     if parts:
         message += f", {parts}"
-    message += f", model {model} v{version}{_top_features_suffix()}"
+    message += f", model {model} v{version}{suffix}"
     pairs = [(p.id_column, ident), ("score", score), ("threshold", threshold)]
     pairs += [(n, go_template_field(n, tag=_is_tag(p, n))) for n in shown]
     pairs += [("model", model), ("model_version", version)]
@@ -205,7 +209,7 @@ def profile_vars(p: Profile) -> dict[str, dict[str, tuple[str, Any]]]:
         "retention_policy": ("string", p.retention_policy),
         "scored_measurement": ("string", p.scored_measurement),
     }
-    texts = alert_texts(p)
+    texts = alert_texts(p, explanation=True)
     label = tick_reference(p.label_field)
     return {
         SCORE: {"measurement": ("string", p.measurement), **where},

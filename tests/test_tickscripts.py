@@ -787,6 +787,9 @@ def test_drift_template_judges_windows_of_the_input_and_alerts_through_the_conf_
     for prop, default in (("period", "10m"), ("every", "1m")):
         (arg,) = qprops[prop].args
         assert arg.kind == "var" and script.vars[arg.value].default == default
+    # windows end on the minute: replicas of the task write the same points, post the same
+    # alerts (Kapacitor stamps a batch with its query's stop time)
+    assert "align" in qprops
     # the UDF wants a batch and emits one point per batch: a stream edge on from there,
     # which Kapacitor's alert, where, default and influxDBOut nodes all take
     (udf,) = script.calls("@")
