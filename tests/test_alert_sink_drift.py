@@ -480,3 +480,97 @@ def test_the_renderer_prints_as_go_does():
     assert render('{{ with index .Fields "s" }}s{{ end }}{{ with index .Fields "a" }}{{ . }}{{ end }}', data) == "0.91"  # fmt: skip
     assert render('{{ printf "%.3f" (index .Fields "a") }}', data) == "0.910"
     assert go_value(1e21) == "1e+21" and go_value(123456789.0) == "123456789"
+
+
+# -- the shipped drift task on a real InfluxDB, through the Kapacitor peer ------------------
+@pytest.mark.slow
+@pytest.mark.influxdb
+def test_the_shipped_drift_task_writes_model_drift_and_alerts_through_the_sink(
+    tmp_path, peer, influxdb
+):
+    """drift_creditcard as the load directory defines it (its template and task file, the
+    window shortened to one minute), replayed by the Kapacitor peer over two minutes of
+    input in a real InfluxDB: the query, @drift() on the agent's socket, the data_set tag,
+    model_drift written back, the alert node's levels and state, the post to the sink."""
+    from kapacitor_peer import KapacitorPeer
+
+    from udf_agent.supervise.kapacitor import KapacitorClient
+
+    influxdb.create_database(contract.DATABASE)
+    minute = 60 * 10**9
+    t0 = (1_795_000_000_000_000_000 // minute) * minute
+    rng = np.random.default_rng(11)
+    lines = []
+    for m, shift in enumerate((0.0, 2.0)):  # minute 1 as trained, minute 2 with V3 moved
+        rows = rng.normal(size=(600, len(contract.FEATURES)))
+        rows[:, contract.FEATURES.index("V3")] += shift
+        for i, row in enumerate(rows):
+            values = ",".join(f"{f}={v:.6f}" for f, v in zip(contract.FEATURES, row, strict=True))
+            t = t0 + m * minute + i * 10**8
+            lines.append(f'transactions,source=pub {values},txn_id="m{m}-{i}",label=0i {t}')
+    influxdb.write(contract.DATABASE, "\n".join(lines))
+
+    reg = _drift_registry(tmp_path)
+    drift_sock = tmp_path / "drift.sock"
+    srv = AgentServer(
+        AgentConfig(
+            socket_path=tmp_path / "udf.sock", drift_socket_path=drift_sock, registry=reg.root
+        ),
+        registry=reg,
+    ).start()
+    sink = RunningSink(es_config(tmp_path, peer.url, profiles=(CC, MF)))
+    kapacitor = KapacitorPeer(
+        udfs={"drift": drift_sock},
+        influx_url=influxdb.url,
+        alert_endpoints={"alert-sink": (f"{sink.url}/kapacitor", ("kapacitor", "s3cret"))},
+    ).start()
+    try:
+        data, _ = _task("drift_creditcard")
+        task_vars = {**data["vars"], "period": {"type": "duration", "value": "1m"}}
+        kapacitor.load_task(
+            "drift_creditcard",
+            (TICK_DIR / "templates" / "model_drift.tick").read_text(),
+            task_vars,
+            template_id=data["template-id"],
+            dbrps=data["dbrps"],
+        )
+        client = KapacitorClient(kapacitor.url)
+        client.replay_batch(
+            replay_id="r1", task_id="drift_creditcard", start_ns=t0, stop_ns=t0 + 2 * minute
+        )
+        wait_until(lambda: client.replay("r1")["status"] != "running", what="the replay")
+        assert client.replay("r1")["status"] == "finished", client.replay("r1")
+        kapacitor.flush()
+
+        (result,) = influxdb.query(
+            'SELECT * FROM "model_drift" GROUP BY *', db=contract.DATABASE, epoch="ns"
+        )
+        (series,) = result["series"]
+        assert series["tags"] == {
+            "model": "creditcard",
+            "model_version": "1",
+            "data_set": "creditcard",
+        }
+        rows = [dict(zip(series["columns"], v, strict=True)) for v in series["values"]]
+        assert [r["time"] for r in rows] == [t0 + minute, t0 + 2 * minute]  # the windows' ends
+        assert [r["drift_level"] for r in rows] == ["ok", "critical"]
+        assert [r["count"] for r in rows] == [600, 600] and rows[1]["drift_feature"] == "V3"
+        (keys,) = influxdb.query(
+            'SHOW FIELD KEYS FROM "model_drift"', db=contract.DATABASE, epoch=None
+        )
+        types = dict(keys["series"][0]["values"])
+        assert types["count"] == "integer" and types["psi_V3"] == "float"
+
+        # the first window is ok (no alert: nothing changed), the second raises one
+        ((body, status),) = kapacitor.alerts_posted
+        assert status == 202, body
+        wait_until(lambda: len(peer.docs()) == 1, what="the drift alert indexed")
+        (doc,) = peer.docs(contract.ALERT_INDEX).values()
+        assert doc["alert.kind"] == "drift" and doc["alert.level"] == "CRITICAL"
+        assert doc["alert.id"] == "drift:creditcard" and doc["drift.feature"] == "V3"
+        assert doc["drift.psi"] == rows[1]["psi_max"] and doc["drift.count"] == 600
+        assert doc["alert.message"].startswith("Input drift (CRITICAL) of model creditcard v1")
+    finally:
+        kapacitor.stop()
+        sink.close()
+        srv.stop()
