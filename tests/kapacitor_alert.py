@@ -115,6 +115,8 @@ def alert_body(
     level: str,
     previous_level: str = "OK",
     task: str = "",
+    duration_ns: int = 0,
+    recoverable: bool = True,
 ) -> bytes:
     """The JSON body Kapacitor's ``.post()`` sends for one point, shaped as the recorded
     ones: ``id``, ``message``, ``details``, ``time``, ``duration``, ``level``, ``data``
@@ -133,7 +135,7 @@ def alert_body(
         message=message,
         details=details,
         time=time_rfc3339,
-        duration=0,
+        duration=duration_ns,
         level=level,
         data={
             "series": [
@@ -146,7 +148,7 @@ def alert_body(
             ]
         },
         previousLevel=previous_level,
-        recoverable=True,
+        recoverable=recoverable,  # false with .noRecoveries()
     )
     return json.dumps(body, separators=(",", ":")).encode()
 

@@ -928,6 +928,7 @@ class KapacitorPeer:
             level=level,
             previous_level=previous,
             task=task_id,
+            recoverable="noRecoveries" not in node.props,
         )
         try:
             r = self._session.post(

@@ -574,3 +574,67 @@ def test_the_shipped_drift_task_writes_model_drift_and_alerts_through_the_sink(
         kapacitor.stop()
         sink.close()
         srv.stop()
+
+
+# -- what a real Kapacitor posted for these tasks -------------------------------------------
+RECORDED_DIR = Path(__file__).parent / "fixtures" / "kapacitor-alerts-drift-explain"
+TEMPLATES = json.loads((RECORDED_DIR / "templates.json").read_text())
+
+
+def _recorded(name: str) -> dict:
+    return json.loads((RECORDED_DIR / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "name, task",
+    [
+        ("anomaly-with-top-features", "fraud_alert_creditcard"),
+        ("drift-critical-small-window", "drift_creditcard"),
+        ("drift-ok-recovery", "drift_creditcard"),
+        ("drift-critical", "drift_creditcard"),
+    ],
+)
+def test_the_alerts_are_built_as_kapacitor_1_5_built_them(name, task):
+    """The texts Kapacitor rendered from the tasks' Go templates, and the body's shape, are
+    what tests/kapacitor_alert.py builds from the same row: the renderer the end-to-end
+    tests rely on is held to the real thing."""
+    real = _recorded(name)
+    (series,) = real["data"]["series"]
+    (row,) = series["values"]
+    fields = dict(zip(series["columns"][1:], row[1:], strict=True))
+    mine = json.loads(
+        alert_body(
+            name=series["name"],
+            time_rfc3339=row[0],
+            tags=series["tags"],
+            fields=fields,
+            id_template=TEMPLATES[task]["id"],
+            message_template=TEMPLATES[task]["message"],
+            details_template=TEMPLATES[task]["details"],
+            level=real["level"],
+            previous_level=real["previousLevel"],
+            duration_ns=real["duration"],
+            recoverable=real["recoverable"],
+        )
+    )
+    assert mine == real
+    assert list(mine) == list(real) and mine["data"]["series"][0]["columns"] == series["columns"]
+
+
+def test_the_recorded_alerts_become_an_explained_anomaly_and_drift_documents():
+    (doc,) = parse_alert(json.dumps(_recorded("anomaly-with-top-features")), router=ROUTER)
+    assert doc.kind == "anomaly" and doc.warnings == ()
+    assert doc.source["explanation"] == [
+        {"feature": "V2", "contribution": 7.34},
+        {"feature": "V1", "contribution": 7.3},
+        {"feature": "Time", "contribution": 0.145},
+    ]
+    assert doc.source["alert.message"].endswith("; top features V2:+7.34,V1:+7.3,Time:+0.145")
+    levels = []
+    for name in ("drift-critical-small-window", "drift-ok-recovery", "drift-critical"):
+        (doc,) = parse_alert(json.dumps(_recorded(name)), router=ROUTER)
+        assert doc.kind == "drift" and doc.index == CC.alert_index
+        assert list(doc.source) == contract.DRIFT_ALERT_DOC_FIELDS
+        levels.append((doc.source["alert.level"], doc.source["drift.level"]))
+    assert levels == [("CRITICAL", "critical"), ("OK", "ok"), ("CRITICAL", "critical")]
+    assert doc.source["drift.feature"] == "V3" and doc.source["drift.count"] == 899
