@@ -287,6 +287,7 @@ def list_alerts():
             txn_id=request.args.get("txn_id", request.args.get("id")),
             model=request.args.get("model"),
             index=request.args.get("index"),
+            kind=request.args.get("kind"),
             since_ns=_time_arg("since"),
             until_ns=_time_arg("until"),
             limit=limit,

@@ -638,3 +638,27 @@ def test_the_recorded_alerts_become_an_explained_anomaly_and_drift_documents():
         levels.append((doc.source["alert.level"], doc.source["drift.level"]))
     assert levels == [("CRITICAL", "critical"), ("OK", "ok"), ("CRITICAL", "critical")]
     assert doc.source["drift.feature"] == "V3" and doc.source["drift.count"] == 899
+
+
+@pytest.mark.slow
+def test_the_local_store_lists_alerts_by_kind(tmp_path):
+    from alert_sink import SinkConfig
+
+    sink = RunningSink(SinkConfig(store_path=tmp_path / "alerts.db", token="s3cret"))
+    try:
+        for name in ("anomaly-with-top-features", "drift-critical", "drift-ok-recovery"):
+            assert sink.post(json.dumps(_recorded(name)).encode()).status_code == 202
+        auth = {"Authorization": "Bearer s3cret"}
+
+        def listed(**params) -> list[dict]:
+            r = requests.get(f"{sink.url}/alerts", params=params, headers=auth, timeout=10)
+            assert r.status_code == 200, r.text
+            return r.json()["alerts"]
+
+        assert len(listed()) == 3
+        drift = listed(kind="drift")
+        assert [d["alert.level"] for d in drift] == ["OK", "CRITICAL"]  # in time order
+        (anomaly,) = listed(kind="anomaly")
+        assert anomaly["explanation"][0] == {"feature": "V2", "contribution": 7.34}
+    finally:
+        sink.close()
