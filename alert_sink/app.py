@@ -99,6 +99,8 @@ class AlertSink:
             self.spool.enqueue(docs)
             self.shipper.notify()
         self.metrics.documents_accepted.inc(len(docs))
+        for doc in docs:
+            self.metrics.documents_by_kind.labels(doc.kind).inc()
 
     # -- graceful shutdown -------------------------------------------------------------
     def request_started(self) -> None:
@@ -189,6 +191,11 @@ def post_alert():
         sink.metrics.rejected.labels(reason="invalid").inc()
         log.warning("event=alert_rejected reason=invalid error=%r", str(exc))
         return _error(400, str(exc))
+    for doc in docs:
+        for warning in doc.warnings:
+            # the alert is indexed all the same, without the explanation
+            sink.metrics.explanations_invalid.inc()
+            log.warning("event=explanation_dropped doc_id=%s reason=%r", doc.doc_id, warning)
     try:
         sink.accept(docs)
     except SpoolError as exc:
@@ -280,6 +287,7 @@ def list_alerts():
             txn_id=request.args.get("txn_id", request.args.get("id")),
             model=request.args.get("model"),
             index=request.args.get("index"),
+            kind=request.args.get("kind"),
             since_ns=_time_arg("since"),
             until_ns=_time_arg("until"),
             limit=limit,

@@ -19,7 +19,7 @@ from elasticsearch import ApiError, Elasticsearch
 
 from .config import redact_url
 from .errors import ElasticsearchError, ElasticsearchUnavailable
-from .routing import LEGACY, PIPELINE_FIELDS, Layout
+from .routing import DRIFT, LEGACY, PIPELINE_FIELDS, Layout
 from .storage import SpooledItem
 
 __all__ = ["BulkOutcome", "CompatElasticsearch", "ElasticsearchTarget", "index_template"]
@@ -76,6 +76,7 @@ _KEYWORD = {"type": "keyword", "ignore_above": 1024}
 _FIXED_MAPPING: dict[str, dict[str, Any]] = {
     "@timestamp": {"type": "date"},
     "alert.id": _KEYWORD,
+    "alert.kind": _KEYWORD,
     "alert.level": _KEYWORD,
     "alert.message": {"type": "text", "fields": {"keyword": _KEYWORD}},
     "task": _KEYWORD,
@@ -88,6 +89,21 @@ _FIXED_MAPPING: dict[str, dict[str, Any]] = {
     "amount": {"type": "float"},
     "label": {"type": "integer"},
     "source": _KEYWORD,
+    # an anomaly's top features, strongest first; an object array (not nested): a query
+    # or a terms aggregation on explanation.feature finds alerts a feature explains
+    "explanation": {
+        "properties": {
+            "feature": _KEYWORD,
+            "contribution": {"type": "float"},
+        }
+    },
+    # a drift window (model_drift): the worst feature, its PSI, the scores' PSI, the rows
+    "drift.feature": _KEYWORD,
+    "drift.psi": {"type": "float"},
+    "drift.psi_score": {"type": "float"},
+    "drift.level": _KEYWORD,
+    "drift.count": {"type": "long"},
+    "drift.unscored": {"type": "long"},
 }
 _FIELD_TYPES = {
     "float": {"type": "double"},
@@ -186,9 +202,9 @@ class ElasticsearchTarget:
         self.index = index
         #: every index written, with the layouts of its documents (its template)
         self.indices: dict[str, list[Layout]] = {
-            name: list(layouts) for name, layouts in (indices or {index: [LEGACY]}).items()
+            name: list(layouts) for name, layouts in (indices or {index: [LEGACY, DRIFT]}).items()
         }
-        self.indices.setdefault(index, [LEGACY])
+        self.indices.setdefault(index, [LEGACY, DRIFT])
         basic_auth = (username, password or "") if username else None
         factory = client_factory
         if factory is None:
@@ -235,7 +251,10 @@ class ElasticsearchTarget:
         return True
 
     def ensure_index(self) -> None:
-        """Install the index templates and create the indices that do not exist yet."""
+        """Install the index templates, create the indices that do not exist yet and add
+        the template's new fields to those that do (a template only shapes indices created
+        after it: an index made by an older sink would refuse, under its strict mapping,
+        the keys a newer one writes)."""
         for name, layouts in self.indices.items():
             body = index_template(name, layouts)
             self._call(
@@ -245,7 +264,9 @@ class ElasticsearchTarget:
             exists = self._call(
                 f"index exists {name}", lambda n=name: self.client.indices.exists(index=n)
             )
-            if not exists:
+            if exists:
+                self._update_mapping(name, body["template"]["mappings"])
+            else:
                 try:
                     self._call(
                         f"create index {name}", lambda n=name: self.client.indices.create(index=n)
@@ -253,6 +274,36 @@ class ElasticsearchTarget:
                 except ElasticsearchError as exc:
                     if "resource_already_exists_exception" not in str(exc):
                         raise
+
+    def _update_mapping(self, name: str, mappings: Mapping[str, Any]) -> None:
+        """Add the fields an existing index lacks. Elasticsearch accepts new fields and
+        refuses a changed type, and refuses the whole request then: the fields are put again
+        one top-level key at a time, so one conflict (logged; the documents that need that
+        field are refused one by one, into the dead letters) does not keep the others out."""
+
+        def put(properties: Mapping[str, Any]) -> None:
+            self._call(
+                f"update mapping {name}",
+                lambda: self.client.indices.put_mapping(index=name, properties=properties),
+            )
+
+        properties = mappings["properties"]
+        try:
+            put(properties)
+            return
+        except ElasticsearchUnavailable:
+            raise
+        except ElasticsearchError:
+            pass
+        for key, spec in properties.items():
+            try:
+                put({key: spec})
+            except ElasticsearchUnavailable:
+                raise
+            except ElasticsearchError as exc:
+                log.error(
+                    "event=mapping_update_failed index=%s field=%s error=%r", name, key, str(exc)
+                )
 
     def bulk(self, items: Sequence[SpooledItem]) -> BulkOutcome:
         """Index ``items`` (``index`` op with the derived ``_id``: re-sending overwrites)."""

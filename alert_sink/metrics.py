@@ -27,6 +27,17 @@ class SinkMetrics:
             "Documents committed to the spool or store",
             registry=r,
         )
+        self.documents_by_kind = Counter(
+            "alert_sink_documents_by_kind",
+            "Documents committed, by alert.kind (anomaly, drift)",
+            ["kind"],
+            registry=r,
+        )
+        self.explanations_invalid = Counter(
+            "alert_sink_explanations_invalid",
+            "Anomaly documents indexed without their malformed top_features explanation",
+            registry=r,
+        )
         self.rejected = Counter(
             "alert_sink_alerts_rejected", "Requests refused, by reason", ["reason"], registry=r
         )

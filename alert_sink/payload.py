@@ -8,8 +8,14 @@ Kapacitor's alert node posts one JSON object per alert event::
 Every row of every series becomes one document. Without a profile its keys are exactly
 ``models.contract.ALERT_DOC_FIELDS``; a series routed to a data-set profile
 (:mod:`alert_sink.routing`) gives the contract's fixed fields and every other field of the
-row under ``fields.*``. The whole body is validated before anything is returned, so a bad
-row rejects the whole request and nothing of it is stored.
+row under ``fields.*``; a drift window (series ``model_drift``) gives
+``models.contract.DRIFT_ALERT_DOC_FIELDS``. The whole body is validated before anything is
+returned, so a bad row rejects the whole request and nothing of it is stored.
+
+An anomaly's ``top_features`` ("V14:+0.42,V4:+0.18") becomes its ``explanation``:
+``[{"feature": "V14", "contribution": 0.42}, ...]``, strongest first. The explanation is an
+aid, not the alert: a malformed one is left out (``explanation`` null) and reported in the
+document's ``warnings``, which the app counts and logs; the alert is indexed all the same.
 """
 
 from __future__ import annotations
@@ -24,16 +30,21 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from models.contract import (
+    ALERT_KIND,
+    DRIFT_MEASUREMENT,
+    EXPLANATION,
     MODEL_TAG,
     MODEL_VERSION_TAG,
     SCORE,
     SOURCE_TAG,
     THRESHOLD,
+    TOP_FEATURES,
+    parse_top_features,
 )
 from models.jsontypes import json_type
 
 from .errors import PayloadError
-from .routing import FIELDS_PREFIX, LEGACY, Layout, Router
+from .routing import DRIFT, FIELDS_PREFIX, LEGACY, Layout, Router
 
 __all__ = ["LEVELS", "NS_MAX", "NS_MIN", "AlertDocument", "parse_alert", "parse_rfc3339_ns"]
 
@@ -58,6 +69,12 @@ class AlertDocument:
     index: str | None = None
     #: the row id (txn_id for credit cards), None when the row has none
     row_id: str | None = None
+    #: what was left out of the document and why (a malformed explanation), for the log
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return self.source[ALERT_KIND]
 
 
 def parse_rfc3339_ns(value: str) -> int:
@@ -313,7 +330,7 @@ def parse_alert(
                 )
         if len(set(columns)) != len(columns):
             raise PayloadError(f"{path}.columns", "column names must be unique")
-        layout = router.layout(name) if router is not None else LEGACY
+        layout = router.layout(name, tags) if router is not None else _default_layout(name)
         rows = series.get("values") or []
         if not isinstance(rows, list):
             raise PayloadError(f"{path}.values", f"must be an array, got {json_type(rows)}")
@@ -347,6 +364,50 @@ def parse_alert(
             )
         )
     return docs
+
+
+def _default_layout(series: str) -> Layout:
+    """Without a router: drift windows as drift documents, anything else as credit cards."""
+    return DRIFT if series == DRIFT_MEASUREMENT else LEGACY
+
+
+def _explanation(value: Any, rpath: str) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """(the explanation, None) or (None, why it was left out)."""
+    if value is None:
+        return None, None
+    if not isinstance(value, str):
+        return None, f"{rpath}: column {TOP_FEATURES!r} is not a string ({json_type(value)})"
+    try:
+        pairs = parse_top_features(value)
+    except ValueError as exc:
+        return None, f"{rpath}: column {TOP_FEATURES!r} is malformed: {exc}"
+    return [{"feature": f, "contribution": c} for f, c in pairs], None
+
+
+def _int_field(value: Any, path: str, column: str) -> int | None:
+    if value is None:
+        return None
+    if not _is_int64(value):
+        raise PayloadError(path, f"column {column!r} must be an integer, got {json_type(value)}")
+    return int(value)
+
+
+def _str_field(value: Any, path: str, column: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise PayloadError(path, f"column {column!r} must be a string, got {json_type(value)}")
+
+
+def _drift_values(fields: dict, rpath: str) -> dict[str, Any]:
+    """The drift.* keys of a model_drift row (udf_agent/drift.py)."""
+    return {
+        "drift.feature": _str_field(fields.get("drift_feature"), rpath, "drift_feature"),
+        "drift.psi": _number(fields.get("psi_max"), rpath, "psi_max"),
+        "drift.psi_score": _number(fields.get("psi_score"), rpath, "psi_score"),
+        "drift.level": _str_field(fields.get("drift_level"), rpath, "drift_level"),
+        "drift.count": _int_field(fields.get("count"), rpath, "count"),
+        "drift.unscored": _int_field(fields.get("unscored"), rpath, "unscored"),
+    }
 
 
 def _row_document(
@@ -389,9 +450,11 @@ def _row_document(
     if source is not None and not isinstance(source, str):
         raise PayloadError(rpath, f"{SOURCE_TAG!r} must be a string, got {json_type(source)}")
 
+    warnings: list[str] = []
     values = {
         "@timestamp": row_time,
         **base,
+        ALERT_KIND: layout.kind,
         "task": task_name or name or None,
         layout.id_key: row_id,
         "score": _number(fields.get(SCORE), rpath, SCORE),
@@ -404,6 +467,12 @@ def _row_document(
     if layout.value_key:
         col = layout.value_field
         values[layout.value_key] = _number(fields.get(col), rpath, col)
+    if layout.kind == DRIFT.kind:
+        values.update(_drift_values(fields, rpath))
+    else:
+        values[EXPLANATION], problem = _explanation(fields.get(TOP_FEATURES), rpath)
+        if problem:
+            warnings.append(problem)
     doc = {key: values.get(key) for key in layout.keys}
     if layout.carry_fields:
         consumed = layout.consumed
@@ -421,4 +490,5 @@ def _row_document(
         source=doc,
         index=layout.index,
         row_id=row_id,
+        warnings=tuple(warnings),
     )

@@ -7,21 +7,28 @@ Each ``--profile`` adds a route: alerts whose series is the profile's scored mea
 contract's fixed fields and every other field of the row under ``fields.*``. A series no
 profile names still takes the default route, so nothing is lost when a task of an
 unconfigured data set alerts.
+
+Drift alerts (series ``model_drift``, posted by the drift task) are documents of their own
+layout (``DRIFT``: ``alert.kind`` = ``drift`` and ``drift.*``) in the same index as the
+anomalies of their data set: the one of the profile their ``data_set`` tag names, else the
+default index. Every document says what it is about in ``alert.kind`` (``anomaly`` or
+``drift``), so a query of anomalies leaves drift alerts out with ``NOT alert.kind:drift``
+(documents written before the field existed have none and count as anomalies).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from models import contract
 from models.profile import DEFAULT_PROFILE, Profile
 
 from .errors import ConfigError
 
-__all__ = ["LEGACY", "PROFILE_DOC_FIELDS", "Layout", "Router", "layout_for"]
+__all__ = ["DRIFT", "LEGACY", "PROFILE_DOC_FIELDS", "Layout", "Router", "layout_for"]
 
 log = logging.getLogger("alert_sink.routing")
 
@@ -29,6 +36,7 @@ log = logging.getLogger("alert_sink.routing")
 PROFILE_DOC_FIELDS = [
     "@timestamp",
     "alert.id",
+    contract.ALERT_KIND,
     "alert.level",
     "alert.message",
     "task",
@@ -39,6 +47,7 @@ PROFILE_DOC_FIELDS = [
     "model.version",
     "label",
     "source",
+    contract.EXPLANATION,
 ]
 #: row fields the scoring pipeline writes, with their Elasticsearch types under fields.*
 PIPELINE_FIELDS = {
@@ -73,11 +82,13 @@ class Layout:
     carry_fields: bool = False
     #: field -> "float" | "int" | "string": what a known field must hold
     types: dict[str, str] = field(default_factory=dict, compare=False)
+    #: alert.kind of its documents
+    kind: str = contract.ALERT_KIND_ANOMALY
 
     @property
     def consumed(self) -> set[str]:
         """Row fields and tags that fill a fixed key (not repeated under fields.*)."""
-        out = {"time", self.id_field, contract.SCORE, contract.THRESHOLD}
+        out = {"time", self.id_field, contract.SCORE, contract.THRESHOLD, contract.TOP_FEATURES}
         out |= {contract.MODEL_TAG, contract.MODEL_VERSION_TAG, contract.SOURCE_TAG}
         if self.label_field:
             out.add(self.label_field)
@@ -96,6 +107,18 @@ LEGACY = Layout(
     label_field=contract.LABEL,
     value_field="Amount",
     value_key="amount",
+)
+
+
+#: drift alerts (the drift task's model_drift windows), whatever their data set
+DRIFT = Layout(
+    name="drift",
+    index=None,
+    keys=tuple(contract.DRIFT_ALERT_DOC_FIELDS),
+    id_field="",
+    id_key="",
+    label_field=None,
+    kind=contract.ALERT_KIND_DRIFT,
 )
 
 
@@ -147,7 +170,15 @@ class Router:
         self.default_index = default_index
         self.profiles = tuple(profiles)
         self._routes: dict[str, Layout] = {}
+        #: data set name -> its drift layout (the profile's index)
+        self._drift: dict[str, Layout] = {}
         for p in self.profiles:
+            if p.scored_measurement == contract.DRIFT_MEASUREMENT:
+                raise ConfigError(
+                    f"profile {p.name!r}: the scored measurement cannot be "
+                    f"{contract.DRIFT_MEASUREMENT!r}, the drift task's measurement"
+                )
+            self._drift[p.name] = replace(DRIFT, name=f"drift:{p.name}", index=p.alert_index)
             other = self._routes.get(p.scored_measurement)
             if other is not None:
                 raise ConfigError(
@@ -162,10 +193,22 @@ class Router:
         routes = ", ".join(f"{k!r}->{v.index!r}" for k, v in self._routes.items())
         return f"Router(default={self.default_index!r}, routes=[{routes}])"
 
-    def layout(self, series: str) -> Layout:
+    def layout(self, series: str, tags: Mapping[str, str] | None = None) -> Layout:
         found = self._routes.get(series)
         if found is not None:
             return found
+        if series == contract.DRIFT_MEASUREMENT:
+            data_set = (tags or {}).get(contract.DATA_SET_TAG, "")
+            found = self._drift.get(data_set)
+            if found is not None:
+                return found
+            if self._drift:
+                self._warn_once(
+                    f"drift:{data_set}",
+                    "event=unrouted_drift data_set=%r index=%s (no --profile names it)",
+                    data_set,
+                )
+            return DRIFT
         if self._routes:
             with self._lock:
                 first = series not in self._unrouted
@@ -180,13 +223,22 @@ class Router:
                 )
         return LEGACY
 
+    def _warn_once(self, key: str, message: str, value: str) -> None:
+        with self._lock:
+            first = key not in self._unrouted
+            if first and len(self._unrouted) < MAX_UNROUTED_NAMES:
+                self._unrouted.add(key)
+        if first:
+            log.warning(message, value, self.default_index)
+
     def index_of(self, layout: Layout) -> str:
         return layout.index or self.default_index
 
     def indices(self) -> dict[str, list[Layout]]:
-        """Every index the sink writes, with the layouts whose documents it holds."""
-        out: dict[str, list[Layout]] = {self.default_index: [LEGACY]}
-        for layout in self._routes.values():
+        """Every index the sink writes, with the layouts whose documents it holds (each
+        holds drift alerts too)."""
+        out: dict[str, list[Layout]] = {self.default_index: [LEGACY, DRIFT]}
+        for layout in [*self._routes.values(), *self._drift.values()]:
             out.setdefault(self.index_of(layout), []).append(layout)
         return out
 

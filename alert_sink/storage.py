@@ -314,6 +314,7 @@ class AlertStore(_Database):
         txn_id: str | None = None,
         model: str | None = None,
         index: str | None = None,
+        kind: str | None = None,
         since_ns: int | None = None,
         until_ns: int | None = None,
         limit: int = 100,
@@ -323,8 +324,9 @@ class AlertStore(_Database):
         """Matching alerts in time order: (total matching, one page, cursor of the next page).
 
         ``since`` is inclusive, ``until`` exclusive. ``txn_id`` matches the row id of any
-        data set; ``index`` the index the alert would go to. ``cursor`` (from a previous
-        page) replaces ``offset`` and stays stable while new alerts arrive.
+        data set; ``index`` the index the alert would go to; ``kind`` the document's
+        ``alert.kind`` (``anomaly``, ``drift``). ``cursor`` (from a previous page) replaces
+        ``offset`` and stays stable while new alerts arrive.
         """
         where, params = [], []
         for column, value in (("level", level), ("txn_id", txn_id), ("model", model)):
@@ -335,6 +337,10 @@ class AlertStore(_Database):
             # rows of a store written before routing existed went to the default index
             where.append("COALESCE(index_name, ?) = ?")
             params += [self.default_index, index]
+        if kind is not None:
+            # documents stored before alert.kind existed are anomalies
+            where.append("COALESCE(json_extract(doc, '$.\"alert.kind\"'), 'anomaly') = ?")
+            params.append(kind)
         if since_ns is not None:
             where.append("ts_ns >= ?")
             params.append(since_ns)

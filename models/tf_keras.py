@@ -371,6 +371,16 @@ def cli_train_tf(args: argparse.Namespace) -> int:
         evaluated_on = "test split (threshold chosen on validation)"
     else:
         metrics, evaluated_on = validation, "validation split (no test split)"
+    # reference distributions for live drift monitoring (@drift()) and the medians that
+    # explanations by occlusion compare with, as `models train` records them: the features
+    # over the training rows, the scores of the held-out split live traffic resembles
+    from .drift import reference_profile
+
+    held_out = predict_proba(model, X_te) if len(y_te) else val_scores
+    kinds = {f.name: f.type for f in profile.features} if profile is not None else {}
+    reference = reference_profile(
+        X_tr, features, [kinds.get(f, "float") for f in features], held_out
+    )
     training = {
         "rows": int(len(y_tr)),
         "positive_rate": float(y_tr.mean()),
@@ -395,6 +405,7 @@ def cli_train_tf(args: argparse.Namespace) -> int:
         extra={
             "validation_metrics": validation,
             "evaluated_on": evaluated_on,
+            "reference": reference,
             **({"profile": profile.card_section()} if profile is not None else {}),
         },
     )

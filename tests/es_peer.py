@@ -2,9 +2,14 @@
 as documented, with the headers the official client checks, and switchable failures.
 
 Implemented: ``GET|HEAD /`` (info), ``PUT|GET /_index_template/{name}``,
-``HEAD|PUT /{index}``, ``POST /_bulk`` and ``POST /{index}/_bulk`` (NDJSON, per-item
-results), ``GET|POST /{index}/_count``, ``GET|POST /{index}/_search`` (match_all or
-one ``term``), ``POST /{index}/_refresh``.
+``HEAD|PUT /{index}``, ``PUT|GET /{index}/_mapping``, ``POST /_bulk`` and
+``POST /{index}/_bulk`` (NDJSON, per-item results), ``GET|POST /{index}/_count``,
+``GET|POST /{index}/_search`` (match_all or one ``term``), ``POST /{index}/_refresh``.
+
+As in Elasticsearch, an index takes the mappings of the template matching its name when it
+is created (explicitly or by a bulk write) and keeps them: a template put later shapes only
+indices created later; ``PUT /{index}/_mapping`` adds fields (a changed type is refused).
+Arrays and objects in documents are checked field by field against the mapping.
 
 Like a real server it enforces REST API compatibility headers: a request that asks for
 ``compatible-with=N`` must ask for a version the server speaks (its major or the one
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import fnmatch
 import json
 import re
@@ -118,6 +124,8 @@ class ElasticsearchPeer:
         self.lock = threading.Lock()
         self.templates: dict[str, dict] = {}
         self.indices: dict[str, dict[str, dict]] = {}
+        #: index -> its mappings (from its template at creation, then PUT _mapping)
+        self.mappings: dict[str, dict] = {}
         #: index -> {dotted field: type} mapped dynamically by the documents it took
         self.dynamic_fields: dict[str, dict[str, str]] = {}
         self.index_ops: Counter[str] = Counter()  # successful index ops per _id
@@ -208,6 +216,27 @@ class ElasticsearchPeer:
         if value is None:
             return None
         kind = spec.get("type")
+        if isinstance(value, list):  # every element is checked as the field's value
+            for item in value:
+                problem = self.check_field(mapping, key, item, index)
+                if problem:
+                    return problem
+            return None
+        if isinstance(value, dict):
+            if kind not in (None, "object", "nested", "flattened"):
+                return (
+                    f"document_parsing_exception: failed to parse field [{key}] of type "
+                    f"[{kind}]: an object"
+                )
+            if kind == "flattened":
+                return None
+            for sub, item in value.items():
+                problem = self.check_field(mapping, f"{key}.{sub}", item, index)
+                if problem:
+                    return problem
+            return None
+        if kind in (None, "object", "nested") and "properties" in spec:
+            return f"document_parsing_exception: object mapping for [{key}] got a value"
         if kind == "date":
             ok = isinstance(value, str) and re.match(r"^\d{4}-\d{2}-\d{2}T", value)
         elif kind == "boolean":
@@ -227,12 +256,44 @@ class ElasticsearchPeer:
         return None
 
     def mapping_for(self, index: str) -> dict:
+        """The index's own mappings once it exists, else its template's."""
+        if index in self.mappings:
+            return self.mappings[index]
+        return self.template_mapping(index)
+
+    def create_index(self, index: str) -> None:
+        """Called with the lock held: the index takes its template's mappings now."""
+        self.indices.setdefault(index, {})
+        self.mappings.setdefault(index, copy.deepcopy(self.template_mapping(index)))
+
+    def template_mapping(self, index: str) -> dict:
         for tpl in self.templates.values():
             patterns = tpl.get("index_patterns", [])
             for p in patterns:
                 if re.fullmatch(re.escape(p).replace(r"\*", ".*"), index):
                     return tpl.get("template", {}).get("mappings", {})
         return {}
+
+
+def _merge_properties(into: dict, new: dict, path: str) -> str | None:
+    """PUT _mapping: add the new fields; a field whose type changes is refused."""
+    for name, spec in new.items():
+        here = f"{path}{name}"
+        old = into.get(name)
+        if old is None:
+            into[name] = copy.deepcopy(spec)
+            continue
+        old_type = old.get("type", "object")
+        new_type = spec.get("type", "object")
+        if old_type != new_type:
+            return f"mapper [{here}] cannot be changed from type [{old_type}] to [{new_type}]"
+        if "properties" in spec:
+            problem = _merge_properties(
+                old.setdefault("properties", {}), spec["properties"], f"{here}."
+            )
+            if problem:
+                return problem
+    return None
 
 
 def _error(kind: str, reason: str, status: int) -> tuple[int, dict]:
@@ -343,12 +404,28 @@ class _Handler(BaseHTTPRequestHandler):
                             f"index [{index}] already exists",
                             400,
                         )
-                    peer.indices[index] = {}
+                    peer.create_index(index)
                     return 200, {"acknowledged": True, "shards_acknowledged": True, "index": index}
         with peer.lock:
             docs = dict(peer.indices.get(index, {}))
         if index not in peer.indices:
             return _error("index_not_found_exception", f"no such index [{index}]", 404)
+        if parts[1] == "_mapping":
+            with peer.lock:
+                if method == "GET":
+                    return 200, {index: {"mappings": copy.deepcopy(peer.mappings.get(index, {}))}}
+                if method != "PUT":
+                    return _error("illegal_argument_exception", f"{method} _mapping", 405)
+                body = json.loads(raw)
+                # all or nothing, as Elasticsearch applies a mapping update
+                merged = copy.deepcopy(peer.mappings.get(index, {}))
+                problem = _merge_properties(
+                    merged.setdefault("properties", {}), body.get("properties", {}), ""
+                )
+                if problem:
+                    return _error("illegal_argument_exception", problem, 400)
+                peer.mappings[index] = merged
+                return 200, {"acknowledged": True}
         if parts[1] == "_refresh":
             return 200, {"_shards": {"total": 1, "successful": 1, "failed": 0}}
         if parts[1] in ("_count", "_search"):
@@ -436,7 +513,9 @@ class _Handler(BaseHTTPRequestHandler):
                         }
                     )
                     continue
-                docs = peer.indices.setdefault(index, {})
+                if index not in peer.indices:
+                    peer.create_index(index)  # auto-created, with its template's mappings
+                docs = peer.indices[index]
                 existed = doc_id in docs
                 docs[doc_id] = source
                 peer.index_ops[doc_id] += 1

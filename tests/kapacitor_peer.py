@@ -18,9 +18,16 @@ What it answers, and how, follows Kapacitor 1.5's source and the recordings in
   subscription); they send them to the agent and write what it returns to InfluxDB.
 - A batch replay runs the batch task's query per ``every`` over ``[start, stop]`` against
   InfluxDB, turns every number into a float (Kapacitor's batch queries do), sends each
-  series as one batch to the UDF's socket, applies ``where``/``eval``/``union`` and writes
+  series as one batch to the UDF's socket (stamped with the query's stop time, as
+  Kapacitor's query node does), takes back a batch or, from a UDF that provides a stream
+  (``@drift()``), its point, applies ``where``/``eval``/``union``/``default`` and writes
   with ``influxDBOut``. A write InfluxDB refuses is logged, and the replay still
   ``finished``, as in Kapacitor.
+- ``alert`` nodes: the level from ``.crit()``/``.warn()`` lambdas comparing a field with a
+  literal, ``.stateChangesOnly([interval])`` and ``.noRecoveries()`` as Kapacitor applies
+  them, the id, message and details Go templates rendered over the point
+  (``tests/kapacitor_alert.py``), the body posted to the ``[[httppost]]`` endpoint
+  ``.post().endpoint(name)`` names (``alert_endpoints``: name -> (URL, basic auth)).
 
 TICKscripts are read with the independent parser of ``tests/test_tickscripts.py``.
 """
@@ -384,11 +391,37 @@ _LAMBDA_PRESENT = re.compile(r'^(!\s*)?isPresent \( "((?:[^"\\]|\\.)*)" \)$')
 _LAMBDA_INT = re.compile(r'^int \( "((?:[^"\\]|\\.)*)" \)$')
 
 
+_LAMBDA_COMPARE = re.compile(
+    r'^"((?:[^"\\]|\\.)*)" (==|!=) (?:\'((?:[^\'\\]|\\.)*)\'|(TRUE|FALSE))$'
+)
+
+
+def _compare(text: str, p: PeerPoint) -> bool:
+    """``"field" == 'literal'``, ``!=``, or against TRUE/FALSE. A missing field is an
+    evaluation error, which Kapacitor logs, dropping the point."""
+    m = _LAMBDA_COMPARE.match(str(text))
+    if m is None:
+        raise PeerError(f"the peer does not evaluate lambda: {text}")
+    name = m.group(1)
+    if name not in p.fields and name not in p.tags:
+        raise _MissingField(name)
+    value = p.fields.get(name, p.tags.get(name))
+    want: Any = m.group(3) if m.group(4) is None else m.group(4) == "TRUE"
+    return (value == want) == (m.group(2) == "==")
+
+
+class _MissingField(Exception):
+    pass
+
+
 def _where(node: Node, p: PeerPoint) -> bool:
     text = node.args[0][1]
     m = _LAMBDA_PRESENT.match(str(text))
     if m is None:
-        raise PeerError(f"the peer does not evaluate where({text})")
+        try:
+            return _compare(text, p)
+        except _MissingField:
+            return False
     present = m.group(2) in p.fields or m.group(2) in p.tags
     return not present if m.group(1) else present
 
@@ -639,8 +672,15 @@ class KapacitorPeer:
         auth: tuple[str, str] | None = None,
         dial_timeout: float = 300.0,
         flush_interval: float = 0.05,
+        alert_endpoints: Mapping[str, tuple[str, tuple[str, str] | None]] | None = None,
     ) -> None:
         self.udfs = {k: Path(v) for k, v in (udfs or {}).items()}
+        #: kapacitor.conf's [[httppost]]: endpoint name -> (URL, basic auth)
+        self.alert_endpoints = dict(alert_endpoints or {})
+        #: (task, alert node) -> {alert id: (level, time it was last posted)}
+        self._alert_state: dict[tuple[str, str], dict[str, tuple[str, int]]] = {}
+        #: every alert body posted, with the answer's status
+        self.alerts_posted: list[tuple[bytes, int]] = []
         self.influx_url = influx_url
         self.auth = auth
         self.dial_timeout = dial_timeout
@@ -823,6 +863,18 @@ class KapacitorPeer:
                 self.downstream(node, out, task_id)
         elif node.kind == "union":
             self.downstream(node, p, task_id)
+        elif node.kind == "default":
+            tags, fields = dict(p.tags), dict(p.fields)
+            if "tag" in node.props:
+                (_, key), (_, value) = node.props["tag"]
+                tags.setdefault(key, value)
+            if "field" in node.props:
+                (_, key), (_, value) = node.props["field"]
+                fields.setdefault(key, value)
+            out = PeerPoint(p.time, p.name, tags, fields, p.database, p.retention_policy)
+            self.downstream(node, out, task_id)
+        elif node.kind == "alert":
+            self._alert(node, p, task_id)
         elif node.kind == "influxDBOut":
             db = node.props["database"][0][1]
             rp = node.props.get("retentionPolicy", [("string", "")])[0][1]
@@ -831,6 +883,62 @@ class KapacitorPeer:
                 self._writes.append((db, rp, format_line(p, m)))
         else:
             raise PeerError(f"the peer does not run |{node.name}()")
+
+    def _alert(self, node: Node, p: PeerPoint, task_id: str) -> None:
+        """Kapacitor's alert node for one point: level, state per alert id, post."""
+        from kapacitor_alert import alert_body, render
+
+        level = "OK"
+        for prop, name in (("crit", "CRITICAL"), ("warn", "WARNING"), ("info", "INFO")):
+            if prop in node.props:
+                try:
+                    if _compare(node.props[prop][0][1], p):
+                        level = name
+                        break
+                except _MissingField:
+                    continue
+        id_template = node.props.get("id", [("string", "{{ .Name }}:{{ .Group }}")])[0][1]
+        id_data = {"Name": p.name, "TaskName": task_id, "Group": "nil", "Tags": p.tags}
+        alert_id = render(id_template, id_data)
+        states = self._alert_state.setdefault((task_id, node.label), {})
+        previous, last_sent = states.get(alert_id, ("OK", 0))
+        send = level != previous
+        if level == "OK" and previous != "OK" and "noRecoveries" in node.props:
+            send = False
+        if "stateChangesOnly" not in node.props:
+            send = level != "OK" or send
+        elif node.props["stateChangesOnly"] and level != "OK" and not send:
+            interval = node.props["stateChangesOnly"][0][1]
+            send = p.time - last_sent >= interval
+        states[alert_id] = (level, p.time if send else last_sent)
+        if not send or "post" not in node.props:
+            return
+        endpoint = node.props.get("endpoint", [("string", "example")])[0][1]
+        if endpoint not in self.alert_endpoints:
+            raise PeerError(f"{node.label}: no [[httppost]] endpoint {endpoint!r}")
+        url, auth = self.alert_endpoints[endpoint]
+        body = alert_body(
+            name=p.name,
+            time_rfc3339=rfc3339(p.time),
+            tags=p.tags,
+            fields=p.fields,
+            id_template=id_template,
+            message_template=node.props.get("message", [("string", "")])[0][1],
+            details_template=node.props.get("details", [("string", "")])[0][1],
+            level=level,
+            previous_level=previous,
+            task=task_id,
+            recoverable="noRecoveries" not in node.props,
+        )
+        try:
+            r = self._session.post(
+                url, data=body, auth=auth, timeout=10,
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            status = r.status_code
+        except requests.RequestException:
+            status = 0  # Kapacitor logs the failed post and does not retry
+        self.alerts_posted.append((body, status))
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_interval):
@@ -1018,12 +1126,12 @@ class KapacitorPeer:
                     options=init_options(udf, self.info(udf.name)),
                 )
             try:
-                for batch in self._batches(query, replay):
+                for batch, stop in self._batches(query, replay):
                     if conn is None or udf is None:
                         for p in batch:
                             self.downstream(query, p, task.id)
                         continue
-                    self._through_udf(conn, udf, batch, task.id)
+                    self._through_udf(conn, udf, batch, task.id, stop)
             finally:
                 if conn is not None:
                     conn.close()
@@ -1083,13 +1191,16 @@ class KapacitorPeer:
                                     fields,
                                 )
                             )
-                    yield batch
+                    yield batch, stop
 
     def _through_udf(
-        self, conn: UdfConnection, udf: Node, batch: list[PeerPoint], task_id: str
+        self, conn: UdfConnection, udf: Node, batch: list[PeerPoint], task_id: str, stop: int
     ) -> None:
         if not batch:
             return
+        # a UDF that wants a batch and provides a stream (@drift()) answers with points
+        # only: the peer takes one per batch, what @drift() emits
+        streams = self.info(udf.name).provides == pb.STREAM
         name = batch[0].name
         begin = pb.Request()
         begin.begin.name = name
@@ -1102,7 +1213,7 @@ class KapacitorPeer:
             conn.send(pb.Request(point=to_pb(p)))
         end = pb.Request()
         end.end.name = name
-        end.end.tmax = max(p.time for p in batch)
+        end.end.tmax = stop  # the batch's time: its query's stop (Kapacitor's query node)
         conn.send(end)
         while True:
             resp = conn.recv()
@@ -1111,6 +1222,8 @@ class KapacitorPeer:
             kind = resp.WhichOneof("message")
             if kind == "point":
                 self.downstream(udf, from_pb(resp.point), task_id)
+                if streams:
+                    return
             elif kind == "end":
                 return
             elif kind == "error":

@@ -13,14 +13,50 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from es_peer import alert_bodies
 
-from models.contract import ALERT_DOC_FIELDS, ALERT_INDEX
+from alert_sink.payload import parse_alert
+from models.contract import ALERT_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
 KIBANA = REPO / "compose" / "kibana"
 NDJSON = KIBANA / "fraud-alerts.ndjson"
 GRAFANA = REPO / "compose" / "grafana" / "dashboards" / "fraud-alerts.json"
-FIELDS = set(ALERT_DOC_FIELDS)
+
+
+def document_keys(*bodies: bytes) -> set[str]:
+    """Every field of the documents the sink makes of ``bodies``, as Kibana and Grafana
+    name them (an array of objects: ``explanation.feature``)."""
+    keys: set[str] = set()
+    for body in bodies:
+        for doc in parse_alert(body):
+            for key, value in doc.source.items():
+                keys.add(key)
+                if isinstance(value, list):
+                    keys |= {f"{key}.{sub}" for item in value for sub in item}
+    return keys
+
+
+def _explained_and_drift() -> tuple[bytes, bytes]:
+    recorded = json.loads(next(iter(alert_bodies().values())))
+    series = recorded["data"]["series"][0]
+    series["columns"].append("top_features")
+    series["values"][0].append("V14:+0.42,V4:+0.18")
+    drift = json.loads(json.dumps(recorded))
+    drift["data"]["series"] = [
+        {
+            "name": "model_drift",
+            "tags": {"model": "creditcard", "model_version": "3", "data_set": "creditcard"},
+            "columns": ["time", "count", "drift_feature", "drift_level", "psi_max",
+                        "psi_score", "unscored"],
+            "values": [["2026-11-22T20:56:07Z", 600, "V14", "critical", 0.4, 0.1, 0]],
+        }
+    ]  # fmt: skip
+    return json.dumps(recorded).encode(), json.dumps(drift).encode()
+
+
+#: what an anomaly (with its explanation) and a drift alert give, parsed by the sink
+FIELDS = document_keys(*_explained_and_drift())
 
 
 def kibana_objects() -> list[dict]:
@@ -96,13 +132,24 @@ def test_visualizations_and_search_use_only_contract_fields():
     assert used, "no fields found"
     assert used <= FIELDS, used - FIELDS
     assert {"@timestamp", "alert.level", "amount", "score", "txn_id"} <= used
+    assert {"explanation.feature", "explanation.contribution", "drift.feature"} <= used
+
+
+def test_anomaly_objects_leave_drift_alerts_out_and_the_drift_search_keeps_them():
+    queries = {}
+    for obj in kibana_objects():
+        meta = obj["attributes"].get("kibanaSavedObjectMeta")
+        if meta and obj["type"] != "dashboard":
+            queries[obj["id"]] = json.loads(meta["searchSourceJSON"])["query"]["query"]
+    assert queries.pop("fraud-alerts-drift") == 'alert.kind : "drift"'
+    assert queries and all('not alert.kind : "drift"' in q for q in queries.values()), queries
 
 
 def test_dashboard_panels_match_references():
     (dash,) = [o for o in kibana_objects() if o["type"] == "dashboard"]
     panels = json.loads(dash["attributes"]["panelsJSON"])
     refs = {r["name"]: r for r in dash["references"]}
-    assert len(panels) == 5
+    assert len(panels) == 7
     for panel in panels:
         ref = refs[f"{panel['panelIndex']}:{panel['panelRefName']}"]
         assert ref["type"] == panel["type"]

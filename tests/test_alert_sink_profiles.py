@@ -168,7 +168,8 @@ def test_index_templates_type_the_profile_fields():
     assert "Amount" not in fields["properties"]  # it is the fixed key `amount`
     mf = index_template(MF.alert_index, [layout_for(MF)])["template"]["mappings"]
     assert set(mf["properties"]) == {"@timestamp", "alert", "task", "id", "score",
-                                     "threshold", "model", "label", "source", "fields"}  # fmt: skip
+                                     "threshold", "model", "label", "source", "explanation",
+                                     "fields"}  # fmt: skip
     known = mf["properties"]["fields"]["properties"]
     assert known["Type"]["type"] == "keyword"
     assert known["Rotational speed [rpm]"] == {"type": "long"}

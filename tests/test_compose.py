@@ -326,6 +326,14 @@ def test_udf_socket_is_a_shared_named_volume(services):
     assert "group_add" not in kapacitor
 
 
+#: [udf.functions] name -> the agent's flag serving it
+AGENT_SOCKET_FLAGS = {
+    "score": "--socket",
+    "score_batch": "--batch-socket",
+    "drift": "--drift-socket",
+}
+
+
 def test_kapacitor_conf_sockets_match_the_agent(services):
     conf = COMPOSE_DIR / "kapacitor" / "kapacitor.conf"
     if not conf.exists():
@@ -333,8 +341,11 @@ def test_kapacitor_conf_sockets_match_the_agent(services):
     data = tomllib.loads(conf.read_text(encoding="utf-8"))
     functions = data["udf"]["functions"]
     assert functions["score"]["socket"] == f"{SOCKET_DIR}/udf.sock"
-    if "score_batch" in functions:
-        assert functions["score_batch"]["socket"] == f"{SOCKET_DIR}/udf-batch.sock"
+    # every UDF Kapacitor is configured with is served by the agent, under its flag
+    agent = services["udf-agent"]["command"]
+    assert set(functions) == set(AGENT_SOCKET_FLAGS)
+    for udf, flag in AGENT_SOCKET_FLAGS.items():
+        assert functions[udf]["socket"] == _flag(agent, flag), udf
     kapacitor = services["kapacitor"]
     mounts = _mounts(kapacitor)
     env = kapacitor["environment"]
@@ -346,7 +357,8 @@ def test_kapacitor_conf_sockets_match_the_agent(services):
     assert mounts[kapacitor["entrypoint"][-1]] == "./kapacitor/entrypoint.sh"
     # the entrypoint waits for the same sockets the agent creates
     text = entrypoint.read_text(encoding="utf-8")
-    assert f"{SOCKET_DIR}/udf.sock" in text and f"{SOCKET_DIR}/udf-batch.sock" in text
+    (waited,) = re.findall(r'UDF_SOCKETS="\$\{UDF_SOCKETS-([^}]*)\}"', text)
+    assert sorted(waited.split()) == sorted(f["socket"] for f in functions.values())
     # the alert sink token reaches Kapacitor's httppost basic auth from the environment
     (post,) = [p for p in data["httppost"] if p["endpoint"] == "alert-sink"]
     assert post["url"] == "http://alert-sink:9000/kapacitor"
@@ -477,6 +489,10 @@ def test_supervisor_probes_the_agents_sockets_and_reaches_kapacitor_and_influxdb
     batch_udf = _flag(command, "--batch-udf") if "--batch-udf" in command else "score_batch"
     assert functions[stream_udf]["socket"] == _flag(command, "--socket")
     assert functions[batch_udf]["socket"] == _flag(command, "--batch-socket")
+    # the drift tasks are watched too (re-enabled after an agent restart, not backfilled)
+    assert _flag(command, "--drift-socket") == _flag(agent["command"], "--drift-socket")
+    drift_udf = _flag(command, "--drift-udf") if "--drift-udf" in command else "drift"
+    assert functions[drift_udf]["socket"] == _flag(command, "--drift-socket")
     # Kapacitor's API on its container port, InfluxDB with the credentials make env writes
     port = conf["http"]["bind-address"].rsplit(":", 1)[1]
     assert _flag(command, "--kapacitor-url") == f"http://kapacitor:{port}"
@@ -715,14 +731,22 @@ def _quality_fields() -> set[str]:
     return fields
 
 
+def _drift_names() -> set[str]:
+    """What the drift task writes into model_drift: the agent's fields (contract.DRIFT_FIELDS
+    and psi_<feature>, held to the agent by tests/test_alert_sink_drift.py) and the tag the
+    task adds."""
+    psi = {contract.DRIFT_PSI_PREFIX + f for f in contract.FEATURES}
+    return psi | set(contract.DRIFT_FIELDS) | {contract.DATA_SET_TAG}
+
+
 def test_influx_queries_name_only_contract_measurements_and_fields():
     measurements = {
         contract.INPUT_MEASUREMENT, contract.SCORED_MEASUREMENT,
-        contract.MODEL_QUALITY_MEASUREMENT,
+        contract.MODEL_QUALITY_MEASUREMENT, contract.DRIFT_MEASUREMENT,
     }  # fmt: skip
     names = (
         set(contract.INPUT_FIELDS) | set(contract.OUTPUT_FIELDS) | set(contract.OUTPUT_TAGS)
-        | {contract.SOURCE_TAG} | _quality_fields()
+        | {contract.SOURCE_TAG} | _quality_fields() | _drift_names()
     )  # fmt: skip
     checked = 0
     for name, dashboard in _dashboards().items():
@@ -749,7 +773,11 @@ def _influx_targets():
 
 
 def test_dashboards_filter_and_group_by_model():
-    per_model = (contract.SCORED_MEASUREMENT, contract.MODEL_QUALITY_MEASUREMENT)
+    per_model = (
+        contract.SCORED_MEASUREMENT,
+        contract.MODEL_QUALITY_MEASUREMENT,
+        contract.DRIFT_MEASUREMENT,
+    )
     checked = 0
     for name, panel, target in _influx_targets():
         query = target["query"]
@@ -761,8 +789,8 @@ def test_dashboards_filter_and_group_by_model():
         assert '"model"' in group or re.search(r",\s*\*", group), f"{where}: not per model"
         assert "$tag_model" in target.get("alias", ""), f"{where}: series not named by model"
         checked += 1
-    assert checked >= 12
-    for dashboard in ("live-scoring.json", "model-quality.json"):
+    assert checked >= 16
+    for dashboard in ("live-scoring.json", "model-quality.json", "model-drift.json"):
         (var,) = _dashboards()[dashboard]["templating"]["list"]
         assert var["name"] == "model" and var["multi"] and var["includeAll"]
         assert (
@@ -805,6 +833,14 @@ def test_every_dashboard_query_runs_on_a_real_influxdb(influxdb):
             f"model_quality,model=a,model_version=1 precision=0.5,recall=0.5,alert_rate=0.1,"
             f"tp=1i,fp=1i,fn=1i,flagged=2i,total=20i {ts}"
         )
+        for model, version in (("a", "1"), ("b", "3")):
+            psi = ",".join(f"psi_{f}=0.0{(i + j) % 9 + 1}" for j, f in enumerate(contract.FEATURES))
+            level = '"critical"' if i % 5 == 0 else '"ok"'
+            lines.append(
+                f"model_drift,model={model},model_version={version},data_set=creditcard "
+                f'{psi},psi_score=0.02,psi_max=0.3,drift_feature="V14",drift_level={level},'
+                f"count=600i,unscored=0i {ts}"
+            )
     influxdb.write(contract.DATABASE, "\n".join(lines))
 
     def run(query: str, models: str) -> list[dict]:
@@ -818,7 +854,7 @@ def test_every_dashboard_query_runs_on_a_real_influxdb(influxdb):
         assert "error" not in result, (q, result)
         return result.get("series", [])
 
-    for dashboard in ("live-scoring.json", "model-quality.json"):
+    for dashboard in ("live-scoring.json", "model-quality.json", "model-drift.json"):
         (var,) = _dashboards()[dashboard]["templating"]["list"]
         values = {v[1] for s in run(var["query"], "") for v in s["values"]}
         assert values == {"a", "b"}
@@ -832,7 +868,7 @@ def test_every_dashboard_query_runs_on_a_real_influxdb(influxdb):
         only_b = {s.get("tags", {}).get("model") for s in run(target["query"], "b")}
         assert only_b <= {"b"}, (name, panel["title"])
         checked += 1
-    assert checked >= 12
+    assert checked >= 16
 
 
 def test_prometheus_queries_name_metrics_the_services_export():

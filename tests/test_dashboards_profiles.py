@@ -105,8 +105,10 @@ def row_of(profile: Profile, i: int = 0) -> dict[str, object]:
 
 
 def alert_doc_keys(profile: Profile) -> set[str]:
-    """Every key the alert sink gives a document of this data set (from a real alert body)."""
+    """Every key the alert sink gives a document of this data set (from real alert bodies:
+    an explained anomaly and a drift window), as Kibana and Grafana name them."""
     row = row_of(profile)
+    row["top_features"] = contract.format_top_features(profile.feature_names, [0.5, 0.25], 2)
     columns = ["time", *sorted(row)]
     tags = {"model": "m", "model_version": "1", "source": "s"}
     tags.update({t: "x" for t in profile.tags})
@@ -128,15 +130,37 @@ def alert_doc_keys(profile: Profile) -> set[str]:
     }
     router = Router([profile], default_index="fraud-alerts")
     (doc,) = parse_alert(json.dumps(body), router=router)
-    assert doc.index == profile.alert_index
-    return set(doc.source)
+    assert doc.index == profile.alert_index and doc.source["explanation"]
+    drift_row = {"count": 600, "drift_feature": profile.feature_names[0], "psi_max": 0.3}
+    drift_row.update(drift_level="critical", psi_score=0.1, unscored=0)
+    drift_row.update({f"psi_{f}": 0.01 for f in profile.feature_names})
+    columns = ["time", *sorted(drift_row)]
+    body["data"]["series"] = [
+        {
+            "name": contract.DRIFT_MEASUREMENT,
+            "tags": {"model": "m", "model_version": "1", "data_set": profile.name},
+            "columns": columns,
+            "values": [["2026-01-01T00:00:00Z", *(drift_row[c] for c in columns[1:])]],
+        }
+    ]
+    (drift,) = parse_alert(json.dumps(body), router=router)
+    assert drift.index == profile.alert_index and drift.kind == "drift"
+    keys = set(doc.source) | set(drift.source)
+    for key, value in doc.source.items():
+        if isinstance(value, list):
+            keys |= {f"{key}.{sub}" for item in value for sub in item}
+    return keys
 
 
 def influx_names(profile: Profile) -> tuple[set[str], set[str]]:
     """Measurements and field/tag names the data set has in InfluxDB."""
     measurements = {profile.measurement, profile.scored_measurement, "model_quality"}
+    measurements.add(contract.DRIFT_MEASUREMENT)
     names = set(row_of(profile)) | set(contract.OUTPUT_FIELDS) | set(contract.OUTPUT_TAGS)
     names |= {contract.SOURCE_TAG, *profile.tags} | QUALITY_FIELDS
+    # the drift task's model_drift (the agent's fields, the task's data_set tag)
+    names |= {contract.DRIFT_PSI_PREFIX + f for f in profile.feature_names}
+    names |= set(contract.DRIFT_FIELDS) | {contract.DATA_SET_TAG}
     return measurements, names
 
 
@@ -194,7 +218,7 @@ def test_generated_files_use_only_the_data_sets_names(name):
         for ann in dash["annotations"]["list"]:
             if ann["datasource"]["type"] == "elasticsearch":
                 assert {ann["timeField"], ann["textField"], ann["tagsField"]} <= doc_keys
-    assert len(set(uids)) == 3
+    assert len(set(uids)) == 4
     (objects,) = [v for k, v in files.items() if k.endswith(".ndjson")]
     check_kibana(objects, profile, doc_keys)
 
@@ -228,6 +252,7 @@ def test_the_default_profile_gives_the_committed_files():
     mapping = {
         "grafana/dashboards/creditcard-live-scoring.json": "live-scoring.json",
         "grafana/dashboards/creditcard-model-quality.json": "model-quality.json",
+        "grafana/dashboards/creditcard-model-drift.json": "model-drift.json",
         "grafana/dashboards/creditcard-alerts.json": "fraud-alerts.json",
         "kibana/fraud-alerts.ndjson": "fraud-alerts.ndjson",
     }
@@ -306,6 +331,14 @@ def test_every_generated_query_runs_on_a_real_influxdb(influxdb, name):
             "model_quality,model=a,model_version=1 precision=0.5,recall=0.5,alert_rate=0.1,"
             f"tp=1i,fp=1i,fn=1i,flagged=2i,total=20i {ts}"
         )
+        for model, version in (("a", "1"), ("b", "3")):
+            drift = [(f"psi_{f}", format_float(0.01 * (i % 9 + 1))) for f in profile.feature_names]
+            drift += [("psi_score", format_float(0.02)), ("psi_max", format_float(0.3))]
+            drift += [("drift_feature", escape_string(profile.feature_names[0]))]
+            drift += [("drift_level", escape_string("warning" if i % 4 else "ok"))]
+            drift += [("count", format_int(600)), ("unscored", format_int(0))]
+            tags = {"model": model, "model_version": version, "data_set": profile.name}
+            lines.append(line(contract.DRIFT_MEASUREMENT, tags, drift, ts))
     r = influxdb._session.post(
         influxdb.url + "/write",
         params={"db": db, "rp": rp, "precision": "ns"},
@@ -332,6 +365,8 @@ def test_every_generated_query_runs_on_a_real_influxdb(influxdb, name):
         (var,) = dash["templating"]["list"]
         assert {v[1] for s in run(var["query"], "") for v in s["values"]} == {"a", "b"}
         for panel, target in _targets(dash):
+            if (target.get("datasource") or panel["datasource"])["type"] != "influxdb":
+                continue  # the drift alerts from Elasticsearch
             series = run(target["query"], "(a|b)")
             models = {s.get("tags", {}).get("model") for s in series}
             if '"model" =~' in target["query"]:
@@ -339,7 +374,7 @@ def test_every_generated_query_runs_on_a_real_influxdb(influxdb, name):
                 checked += 1
             else:
                 assert series, (rel, panel["title"])  # the input throughput
-    assert checked >= 10
+    assert checked >= 14
 
 
 @pytest.mark.slow
@@ -354,6 +389,7 @@ def test_the_cli_writes_a_data_sets_files(tmp_path):
     assert written == [
         "grafana/dashboards/machine_failure-alerts.json",
         "grafana/dashboards/machine_failure-live-scoring.json",
+        "grafana/dashboards/machine_failure-model-drift.json",
         "grafana/dashboards/machine_failure-model-quality.json",
         "grafana/provisioning/datasources/machine_failure.yaml",
         "kibana/machine-failure-alerts.ndjson",

@@ -556,7 +556,7 @@ def test_supervisor_sidecar_mirrors_the_compose_service(rendered, compose):
         assert cmd[i + 1] == f"http://localhost:{kapacitor_port}"
         assert cmd[:i] + cmd[i + 2 :] == twin["command"][:j] + twin["command"][j + 2 :]
         # it probes the sockets the agent serves, through the same emptyDir, read-only
-        for flag in ("--socket", "--batch-socket"):
+        for flag in ("--socket", "--batch-socket", "--drift-socket"):
             assert _flag(cmd, flag) == _flag(_command(agent), flag)
         socket_vol = {m["mountPath"]: m for m in agent["volumeMounts"]}[SOCKET_DIR]["name"]
         (mount,) = [m for m in sup["volumeMounts"] if m["name"] == socket_vol]

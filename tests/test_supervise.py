@@ -1003,3 +1003,92 @@ def test_every_shipped_scoring_task_can_be_backfilled_as_shipped(task_file):
     script = backfill_script(info, batch_udf="score_batch", start_ns=1, chunk_ns=10**9)
     # the same options, the card's threshold (the template's -1.0) included
     assert "@score_batch()" in script and "var threshold = -1.0" in script
+
+
+# -- drift tasks: re-enabled, never backfilled ------------------------------------------------
+
+
+class _TaskStore:
+    """Kapacitor's task API as the supervisor uses it (list, read, PATCH the status), for
+    one batch task: what the recordings show for a status change."""
+
+    def __init__(self, task: dict) -> None:
+        self.task_ = task
+        self.patches: list[str] = []
+
+    def tasks(self):
+        return [dict(self.task_)]
+
+    def task(self, task_id: str) -> dict:
+        assert task_id == self.task_["id"]
+        return dict(self.task_)
+
+    def set_status(self, task_id: str, status: str) -> dict:
+        self.patches.append(status)
+        if status != self.task_["status"]:
+            self.task_.update(status=status, executing=status == "enabled", error="")
+            if status == "enabled":
+                self.task_["last-enabled"] = format_time(time.time_ns())
+        return dict(self.task_)
+
+
+class _NoGapInflux:
+    """InfluxDB that answers pings; any question about a gap fails the test."""
+
+    def ping(self) -> None:
+        return None
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"a drift task asked InfluxDB for {name}: there is no gap to find")
+
+
+def test_a_drift_task_is_reenabled_once_its_socket_answers_and_never_backfilled(tmp_path):
+    spec = json.loads((ROOT / "tickscripts" / "tasks" / "drift_creditcard.json").read_text())
+    script = (ROOT / "tickscripts" / "templates" / "model_drift.tick").read_text()
+    assert udfs_used(script) == {"drift"}
+    store = _TaskStore(
+        {
+            "id": "drift_creditcard",
+            "type": "batch",
+            "status": "enabled",
+            "executing": False,
+            "error": "drift2: write error: broken pipe",
+            "script": script,
+            "vars": spec["vars"],
+            "dbrps": spec["dbrps"],
+            "last-enabled": format_time(time.time_ns() - 10**9),
+        }
+    )
+    drift_sock = tmp_path / "udf-drift.sock"
+    config = SupervisorConfig(
+        sockets={"drift": drift_sock},
+        udfs=("score", "score_batch", "drift"),
+        reenable_only=frozenset({"drift"}),
+        backoff_min=0.01,
+        backoff_max=0.05,
+    )
+    sup = Supervisor(config, store, influx=_NoGapInflux())
+    sup.poll_once()
+    assert store.patches == []  # the drift socket does not answer yet
+    agent = AgentServer(
+        AgentConfig(
+            socket_path=tmp_path / "udf.sock",
+            drift_socket_path=drift_sock,
+            registry=tmp_path / "registry",
+        )
+    ).start()
+    try:
+        run_until(sup, lambda: store.task_["executing"], what="the drift task re-enabled")
+    finally:
+        agent.stop()
+    assert store.patches == ["disabled", "enabled"]
+    assert sup.pending_gaps() == []
+    events = [(e.tags["event"], e.fields) for e in sup._events]
+    assert [name for name, _ in events] == ["failed", "reenabled"]
+    assert "gap_start_ns" not in events[1][1]  # nothing to backfill: the next windows judge it
+    assert sup.metrics.recoveries.labels("drift_creditcard")._value.get() == 1
+    # a supervisor that is not given the drift socket leaves drift tasks alone
+    store.task_.update(executing=False)
+    other = Supervisor(SupervisorConfig(), store, influx=_NoGapInflux())
+    other.poll_once()
+    assert store.patches == ["disabled", "enabled"]

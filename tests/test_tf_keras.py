@@ -119,6 +119,13 @@ def test_cli_train_tf_registers_exports_and_promotes(tmp_path, capsys):
     assert {"auprc", "precision", "recall", "f1"} <= set(card.metrics)
     assert {"auprc", "precision", "recall", "f1"} <= set(card.data["validation_metrics"])
     assert card.data["evaluated_on"].startswith("test split")
+    # the reference distributions the drift UDF compares live windows with
+    from models.contract import FEATURES
+
+    reference = card.data["reference"]
+    assert set(reference["features"]) == set(FEATURES) == set(card.features)
+    assert reference["rows"] == card.data["training"]["rows"]
+    assert abs(sum(reference["score"]["freq"]) - 1.0) < 1e-9
     capsys.readouterr()
     assert main(["list", "--registry", str(registry)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("cc_tf"))

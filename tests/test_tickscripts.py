@@ -30,6 +30,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from models import contract
 from models.profile import Profile, load_profile, profile_names
+from udf_agent.drift import DRIFT_OPTION_SPECS, parse_drift_options
 from udf_agent.options import OPTION_SPECS, parse_init_options
 from udf_agent.protocol import messages as pb
 from udf_agent.protocol.codec import encode_frame
@@ -43,6 +44,15 @@ ENTRYPOINT = ROOT / "compose" / "kapacitor" / "entrypoint.sh"
 UDF_SOCKETS = {
     "score": "/var/run/tick-anomaly/udf.sock",
     "score_batch": "/var/run/tick-anomaly/udf-batch.sock",
+    "drift": "/var/run/tick-anomaly/udf-drift.sock",
+}
+#: the options each UDF of kapacitor.conf declares (its InfoResponse)
+UDF_OPTION_SPECS = {"score": OPTION_SPECS, "score_batch": OPTION_SPECS, "drift": DRIFT_OPTION_SPECS}
+#: how the agent parses each UDF's init options
+UDF_OPTION_PARSERS = {
+    "score": parse_init_options,
+    "score_batch": parse_init_options,
+    "drift": parse_drift_options,
 }
 
 # -- tokenizer --------------------------------------------------------------------------------
@@ -350,6 +360,16 @@ PB_TYPE["bool"] = pb.BOOL
 TYPE_OF_PB = {v: k for k, v in PB_TYPE.items()}
 
 
+def drift_names(profile: Profile) -> dict[str, set[str]]:
+    """The fields and tags of the points the @drift() UDF emits for a model of ``profile``
+    (udf_agent/drift.py), with the drift task's data_set tag."""
+    fields = {contract.DRIFT_PSI_PREFIX + f for f in profile.feature_names}
+    return {
+        "fields": fields | set(contract.DRIFT_FIELDS),
+        "tags": set(contract.OUTPUT_TAGS) | {contract.DATA_SET_TAG},
+    }
+
+
 def measurements(profile: Profile) -> dict[str, dict[str, set[str]]]:
     """The fields and tags of a data set's input and scored measurements."""
     fields = set(profile.input_fields)
@@ -421,7 +441,11 @@ def check_script(
     task = task or {}
     values = task.get("vars", {})
     known_measurements = measurements(profile)
-    writable = {profile.scored_measurement, contract.MODEL_QUALITY_MEASUREMENT}
+    writable = {
+        profile.scored_measurement,
+        contract.MODEL_QUALITY_MEASUREMENT,
+        contract.DRIFT_MEASUREMENT,
+    }
     want_dbrp = (profile.database, profile.retention_policy)
     task_dbrps = [(d.get("db"), d.get("rp")) for d in task.get("dbrps", [])]
     if script.dbrps and task_dbrps:
@@ -441,14 +465,16 @@ def check_script(
     source_meas: str | None = None
     produced: set[str] = set()
     join_aliases: set[str] = set()
+    drift_out = False  # downstream of @drift(): the names are its output point's
     for node, props in script.nodes():
         pmap = {p.name: p for p in props}
         if node.op == "@":
             if node.name not in udfs:
                 problems.append(f"line {node.line}: @{node.name}() is not a UDF in kapacitor.conf")
                 continue
+            drift_out = drift_out or node.name == "drift"
             for p in props:
-                spec = OPTION_SPECS.get(p.name)
+                spec = UDF_OPTION_SPECS.get(node.name, OPTION_SPECS).get(p.name)
                 if spec is None:
                     problems.append(f"line {p.line}: @{node.name}() has no option .{p.name}()")
                     continue
@@ -475,6 +501,33 @@ def check_script(
                 for a in pmap["groupBy"].args:
                     if a.kind != "string" or a.value not in tags:
                         problems.append(f"line {a.line}: groupBy({a.value!r}) is not a tag")
+        elif node.name == "query":
+            # batch: the query of the data set's input (Kapacitor adds the time range)
+            if len(node.args) != 1 or arg_type(node.args[0], script) != "string":
+                problems.append(f"line {node.line}: query() needs one query string")
+                continue
+            text = str(value(node.args[0]))
+            ref = r'"((?:[^"\\]|\\.)*)"'
+            m = re.fullmatch(rf"SELECT \* FROM {ref}\.{ref}\.{ref}", text)
+            if m is None:
+                problems.append(f"line {node.line}: query {text!r} is not SELECT * FROM db.rp.m")
+                continue
+            db, rp, source_meas = (g.replace('\\"', '"').replace("\\\\", "\\") for g in m.groups())
+            if (db, rp) != want_dbrp:
+                problems.append(f"line {node.line}: query reads {db}.{rp}, not the dbrps")
+            if source_meas not in known_measurements:
+                problems.append(f"line {node.line}: unknown measurement {source_meas!r}")
+            elif source_meas != profile.measurement:
+                problems.append(
+                    f"line {node.line}: query reads {source_meas!r}, not the data set's input"
+                )
+            for prop in ("period", "every"):
+                if prop not in pmap or arg_type(pmap[prop].args[0], script) != "duration":
+                    problems.append(f"line {node.line}: query() needs .{prop}(duration)")
+            if "groupBy" in pmap:
+                problems.append(f"line {node.line}: a drift window is the whole input")
+        elif node.name == "default" and "tag" in pmap:
+            produced.add(str(value(pmap["tag"].args[0])))
         elif node.name == "influxDBOut":
             db = pmap.get("database")
             rp = pmap.get("retentionPolicy")
@@ -502,6 +555,9 @@ def check_script(
             produced |= {a.value for a in pmap["as"].args}
 
     known = known_measurements.get(source_meas or "", {"fields": set(), "tags": set()})
+    if drift_out:
+        known = drift_names(profile)
+        known["tags"] = known["tags"] & ({*contract.OUTPUT_TAGS} | produced)
     names = known["fields"] | known["tags"]
 
     def check_refs(lam: Arg, line: int) -> None:
@@ -611,6 +667,13 @@ def resolved_udf_options(script: Script, values: dict) -> list:
     return options
 
 
+def parsed_udf_options(script: Script, values: dict):
+    """The options of the script's UDF node, parsed by the agent as at init (one UDF per
+    template)."""
+    (udf,) = script.calls("@")
+    return UDF_OPTION_PARSERS[udf.name](resolved_udf_options(script, values))
+
+
 # -- fixtures ---------------------------------------------------------------------------------
 
 
@@ -655,7 +718,7 @@ def test_task_vars_fit_their_template(path, conf):
     assert check_script(template, udfs=udf_names(conf), task=data) == []
     # what the agent will receive at init must be accepted by the agent's own parser
     if template.calls("@"):
-        opts = parse_init_options(resolved_udf_options(template, data["vars"]))
+        opts = parsed_udf_options(template, data["vars"])
         assert opts.model == data["vars"]["model"]["value"]
 
 
@@ -710,6 +773,49 @@ def test_score_template_uses_the_cards_threshold_unless_a_task_sets_one():
             assert "on purpose" in data["vars"]["threshold"].get("description", ""), path.name
         else:
             assert opts.threshold is None, path.name  # the card's
+
+
+def test_drift_template_judges_windows_of_the_input_and_alerts_through_the_conf_endpoint(conf):
+    script = parse((TICK_DIR / "templates" / "model_drift.tick").read_text())
+    nodes = dict((n.name, (n, {p.name: p for p in props})) for n, props in script.nodes())
+    query, qprops = nodes["query"]
+    assert resolve(query.args[0], script, {}) == (
+        f'SELECT * FROM "{contract.DATABASE}"."{contract.RETENTION_POLICY}".'
+        f'"{contract.INPUT_MEASUREMENT}"'
+    )
+    # the work item's window: 10 minutes, judged every minute, both vars
+    for prop, default in (("period", "10m"), ("every", "1m")):
+        (arg,) = qprops[prop].args
+        assert arg.kind == "var" and script.vars[arg.value].default == default
+    # windows end on the minute: replicas of the task write the same points, post the same
+    # alerts (Kapacitor stamps a batch with its query's stop time)
+    assert "align" in qprops
+    # the UDF wants a batch and emits one point per batch: a stream edge on from there,
+    # which Kapacitor's alert, where, default and influxDBOut nodes all take
+    (udf,) = script.calls("@")
+    assert udf.name == "drift" and "drift" in udf_names(conf)
+    _, uprops = nodes["drift"]
+    assert {"model", "version", "warn", "crit", "minCount"} <= set(uprops)
+    levels = {p: script.vars[uprops[p].args[0].value].default for p in ("warn", "crit")}
+    assert levels == {"warn": 0.1, "crit": 0.25}
+    _, dprops = nodes["default"]
+    assert [a.value for a in dprops["tag"].args][0] == contract.DATA_SET_TAG
+    _, oprops = nodes["influxDBOut"]
+    assert oprops["measurement"].args[0].value == contract.DRIFT_MEASUREMENT
+    where, _ = nodes["where"]
+    assert where.args[0].refs == ["drift_level"] and "insufficient" in where.args[0].value
+    _, aprops = nodes["alert"]
+    assert {"id", "message", "details", "warn", "crit", "stateChangesOnly", "post"} <= set(aprops)
+    assert "noRecoveries" not in aprops  # the end of a drift is news too
+    assert aprops["warn"].args[0].value == "\"drift_level\" == 'warning'"
+    assert aprops["crit"].args[0].value == "\"drift_level\" == 'critical'"
+    (endpoint,) = aprops["endpoint"].args
+    assert script.vars[endpoint.value].default in {e["endpoint"] for e in conf["httppost"]}
+    alert_id = resolve(aprops["id"].args[0], script, {})
+    assert alert_id == 'drift:{{ index .Tags "model" }}'
+    message = resolve(aprops["message"].args[0], script, {})
+    for name in ("drift_feature", "psi_max", "psi_score", "count"):
+        assert f'"{name}"' in message
 
 
 def test_model_quality_writes_documented_fields():
@@ -801,16 +907,18 @@ def _models_of(template: str) -> dict[str, str]:
     return {data["vars"]["model"]["value"]: path.name for path, data in _vars_files(template)}
 
 
-def test_every_scored_model_has_its_alert_and_quality_task():
+def test_every_scored_model_has_its_alert_quality_and_drift_task():
     scored = _models_of("score_transactions")
     alerted = _models_of("fraud_alert")
     evaluated = _models_of("model_quality")
+    watched = _models_of("model_drift")
     assert scored, "no scoring task"
-    assert set(scored) == set(alerted) == set(evaluated), (scored, alerted, evaluated)
+    assert set(scored) == set(alerted) == set(evaluated) == set(watched)
     for model in scored:
         assert scored[model] == f"score_{model}.json"
         assert alerted[model] == f"fraud_alert_{model}.json"
         assert evaluated[model] == f"model_quality_{model}.json"
+        assert watched[model] == f"drift_{model}.json"
 
 
 def test_every_scoring_task_shadow_scores_the_challenger():
@@ -832,7 +940,7 @@ def test_task_files_are_what_the_generator_writes(tmp_path):
     assert gen.main(["--check", "--out-dir", str(tmp_path)]) == 1
 
 
-def test_the_generator_gives_each_deployment_three_tasks():
+def test_the_generator_gives_each_deployment_four_tasks():
     gen = _gen_tasks()
     extra = gen.Deployment(model="other", description="x", challenger=None, threshold=0.3)
     files = gen.task_files((*gen.DEPLOYMENTS, extra))
@@ -840,9 +948,14 @@ def test_the_generator_gives_each_deployment_three_tasks():
         "score_other.json",
         "fraud_alert_other.json",
         "model_quality_other.json",
+        "drift_other.json",
     }
     score = files["score_other.json"]["vars"]
     assert score["threshold"]["value"] == 0.3 and "challenger" not in score
+    quiet = gen.Deployment(model="quiet", description="x", drift=False, explain=0)
+    files = gen.task_files((quiet,))
+    assert "drift_quiet.json" not in files and len(files) == 3
+    assert files["score_quiet.json"]["vars"]["explain"]["value"] == 0
     with pytest.raises(ValueError, match="deployed twice"):
         gen.task_files((extra, extra))
 
@@ -906,6 +1019,56 @@ def test_checker_reports_mistakes(old, new, expected):
     src = GOOD.replace(old, new)
     assert src != GOOD
     problems = check_script(parse(src), udfs={"score"})
+    assert any(expected in p for p in problems), problems
+
+
+DRIFT_GOOD = """
+var model string
+var q = 'SELECT * FROM "fraud"."autogen"."transactions"'
+dbrp "fraud"."autogen"
+var w = batch
+    |query(q)
+        .period(10m)
+        .every(1m)
+    @drift()
+        .model(model)
+        .warn(0.1)
+    |default()
+        .tag('data_set', 'creditcard')
+w
+    |influxDBOut()
+        .database('fraud')
+        .retentionPolicy('autogen')
+        .measurement('model_drift')
+w
+    |alert()
+        .crit(lambda: "drift_level" == 'critical')
+        .message('{{ index .Fields "drift_feature" }} {{ index .Tags "data_set" }}')
+"""
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ('"transactions"\'', '"transactions_scored"\'', "not the data set's input"),
+        ('"transactions"\'', '"transaction"\'', "unknown measurement 'transaction'"),
+        ('"autogen"."transactions"', '"other"."transactions"', "not the dbrps"),
+        ("SELECT *", "SELECT V1", "is not SELECT * FROM"),
+        (".every(1m)", ".every(1m)\n        .groupBy('source')", "the whole input"),
+        (".every(1m)", "", "needs .every(duration)"),
+        (".warn(0.1)", ".warn(1)", ".warn() takes (float), got (int)"),
+        (".warn(0.1)", ".threshold(0.5)", "@drift() has no option .threshold()"),
+        ('"drift_level" ==', '"score" ==', 'unknown "score"'),
+        ('"drift_feature"', '"V14"', "unknown Fields V14"),
+        (".tag('data_set', 'creditcard')", ".tag('set', 'creditcard')", "unknown Tags data_set"),
+        ("'model_drift'", "'drift'", "writes an unknown measurement"),
+    ],
+)
+def test_checker_reports_mistakes_in_a_drift_task(old, new, expected):
+    assert check_script(parse(DRIFT_GOOD), udfs={"drift"}) == []
+    src = DRIFT_GOOD.replace(old, new)
+    assert src != DRIFT_GOOD
+    problems = check_script(parse(src), udfs={"drift"})
     assert any(expected in p for p in problems), problems
 
 
@@ -1200,7 +1363,12 @@ def test_generated_task_files_pass_every_check(name, tmp_path, conf):
     model = f"m_{profile.name}"
     files = sorted(p.name for p in (out / "tasks").iterdir())
     assert files == sorted(
-        [f"score_{model}.json", f"fraud_alert_{model}.json", f"model_quality_{model}.json"]
+        [
+            f"score_{model}.json",
+            f"fraud_alert_{model}.json",
+            f"model_quality_{model}.json",
+            f"drift_{model}.json",
+        ]
     )
     for template in (out / "templates").iterdir():
         assert template.read_bytes() == (TICK_DIR / "templates" / template.name).read_bytes()
@@ -1211,9 +1379,17 @@ def test_generated_task_files_pass_every_check(name, tmp_path, conf):
         assert check_vars_file(data, template) == [], path.name
         problems = check_script(template, udfs=udf_names(conf), task=data, profile=profile)
         assert problems == [], (path.name, problems)
-        if template.calls("@"):
-            opts = parse_init_options(resolved_udf_options(template, data["vars"]))
-            assert opts.model == model and opts.threshold is None
+        if data["template-id"] == "score_transactions":
+            opts = parsed_udf_options(template, data["vars"])
+            assert opts.model == model and opts.threshold is None and opts.explain == 3
+        if data["template-id"] == "model_drift":
+            opts = parsed_udf_options(template, data["vars"])
+            assert (opts.model, opts.warn, opts.crit) == (model, 0.1, 0.25)
+            data_set = resolve(
+                next(a for p in template.calls(".", "tag") for a in p.args[1:]), template,
+                data["vars"],
+            )  # fmt: skip
+            assert data_set == profile.name  # the alert sink routes drift alerts by it
         if data["template-id"] == "fraud_alert":
             message = resolve(
                 next(a for p in template.calls(".", "message") for a in p.args), template,
@@ -1228,7 +1404,7 @@ def test_the_checks_catch_a_wrong_name_in_a_profile_task(tmp_path, conf):
     out = _load_dir(tmp_path, profile)
     template = {
         t: parse((out / "templates" / f"{t}.tick").read_text())
-        for t in ("score_transactions", "fraud_alert", "model_quality")
+        for t in ("score_transactions", "fraud_alert", "model_quality", "model_drift")
     }
     model = "m_machine_failure"
 
@@ -1249,6 +1425,24 @@ def test_the_checks_catch_a_wrong_name_in_a_profile_task(tmp_path, conf):
         ("score", lambda d: d.update(dbrps=[{"db": "fraud", "rp": "autogen"}]), "dbrp"),
         ("score", lambda d: d.pop("dbrps"), "no dbrp"),
         ("model_quality", var("database", "fraud"), "must write database 'maintenance'"),
+        (
+            "drift",
+            var("input_query", 'SELECT * FROM "maintenance"."autogen"."transactions"'),
+            "unknown measurement 'transactions'",
+        ),
+        (
+            "drift",
+            var("input_query", 'SELECT * FROM "fraud"."autogen"."machine_readings"'),
+            "not the dbrps",
+        ),
+        (
+            "drift",
+            lambda d: d["vars"].update(
+                message={"type": "string", "value": '{{ index .Fields "psi_Torque" }}'}
+            ),
+            "unknown Fields psi_Torque",
+        ),
+        ("drift", var("database", "fraud"), "must write database 'maintenance'"),
     ]
     for kind, edit, expected in cases:
         found = problems(kind, edit)
@@ -1261,6 +1455,7 @@ def test_a_data_set_without_a_label_gets_no_quality_task(tmp_path):
     profile = replace(_profiles()["machine_failure"], label=None, message_fields=("UDI",))
     out = _load_dir(tmp_path, profile)
     assert sorted(p.name for p in (out / "tasks").iterdir()) == [
+        "drift_m_machine_failure.json",
         "fraud_alert_m_machine_failure.json",
         "score_m_machine_failure.json",
     ]
@@ -1270,7 +1465,8 @@ def test_a_data_set_without_a_label_gets_no_quality_task(tmp_path):
 def test_models_profile_tasks_writes_a_load_directory(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "models", "profile", "tasks", "machine_failure", "-o",
-         str(tmp_path), "--model", "mf", "--threshold", "0.3", "--no-challenger"],
+         str(tmp_path), "--model", "mf", "--threshold", "0.3", "--no-challenger",
+         "--drift-period", "5m", "--drift-crit", "0.3"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -1278,6 +1474,31 @@ def test_models_profile_tasks_writes_a_load_directory(tmp_path):
     assert score["vars"]["threshold"]["value"] == 0.3 and "challenger" not in score["vars"]
     assert score["vars"]["measurement"]["value"] == "machine_readings"
     assert (tmp_path / "templates" / "score_transactions.tick").is_file()
+    drift = json.loads((tmp_path / "tasks" / "drift_mf.json").read_text())["vars"]
+    assert drift["model"]["value"] == "mf" and drift["data_set"]["value"] == "machine_failure"
+    assert drift["period"]["value"] == "5m" and drift["crit"]["value"] == 0.3
+    assert (
+        drift["input_query"]["value"] == 'SELECT * FROM "maintenance"."autogen"."machine_readings"'
+    )
+    assert (tmp_path / "templates" / "model_drift.tick").is_file()
+    out = tmp_path / "quiet"
+    r = subprocess.run(
+        [sys.executable, "-m", "models", "profile", "tasks", "machine_failure", "-o", str(out),
+         "--no-drift", "--explain", "5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert not (out / "tasks" / "drift_machine_failure.json").exists()
+    score = json.loads((out / "tasks" / "score_machine_failure.json").read_text())
+    assert score["vars"]["explain"]["value"] == 5
+    for bad in (["--drift-warn", "0.3", "--drift-crit", "0.2"], ["--drift-period", "10"],
+                ["--explain", "11"]):  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-m", "models", "profile", "tasks", "machine_failure", "-o",
+             str(out), *bad],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 2 and bad[0] in r.stderr, (bad, r.stderr)
     r = subprocess.run(
         [sys.executable, "-m", "models", "profile", "tasks", "nope", "-o", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,

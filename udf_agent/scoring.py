@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from models import contract
+from models.contract import format_top_features, parse_top_features
 from models.errors import InvalidScores, ModelNotFound, ModelsError
 from models.provider import Follower, LoadFailure, ModelProvider
 
@@ -582,32 +583,6 @@ class ScoringSession:
 
 
 _PACK = __import__("struct").Struct("<d").pack
-
-
-def _escape_name(name: str) -> str:
-    return name.replace("%", "%25").replace(",", "%2C").replace(":", "%3A")
-
-
-def format_top_features(names: Sequence[str], contributions: np.ndarray, top: int) -> str:
-    """``"V14:+0.42,V4:+0.18"``: the ``top`` features with the largest positive
-    contributions, largest first (``%``, ``,`` and ``:`` in a name are %-escaped)."""
-    order = np.argsort(-contributions, kind="stable")[:top]
-    return ",".join(
-        f"{_escape_name(names[j])}:{contributions[j]:+.3g}"
-        for j in order
-        if contributions[j] > 0 and np.isfinite(contributions[j])
-    )
-
-
-def parse_top_features(text: str) -> list[tuple[str, float]]:
-    """The inverse of :func:`format_top_features`."""
-    from urllib.parse import unquote
-
-    out = []
-    for entry in filter(None, text.split(",")):
-        name, _, value = entry.rpartition(":")
-        out.append((unquote(name), float(value)))
-    return out
 
 
 def _extract(

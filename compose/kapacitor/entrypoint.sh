@@ -18,7 +18,7 @@ set -eu
 : "${KAPACITOR_USER:=kapacitor}"
 : "${KAPACITOR_DATA_DIR:=/var/lib/kapacitor}"
 # set UDF_SOCKETS="" to skip the wait
-UDF_SOCKETS="${UDF_SOCKETS-/var/run/tick-anomaly/udf.sock /var/run/tick-anomaly/udf-batch.sock}"
+UDF_SOCKETS="${UDF_SOCKETS-/var/run/tick-anomaly/udf.sock /var/run/tick-anomaly/udf-batch.sock /var/run/tick-anomaly/udf-drift.sock}"
 : "${UDF_WAIT_SECONDS:=120}"
 
 log() { echo "kapacitor-entrypoint: $*" >&2; }

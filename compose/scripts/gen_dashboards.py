@@ -14,7 +14,7 @@ With --profile: the same dashboards for that data set, every name taken from its
 (database, measurements, label and id fields, alert index, value column, message fields),
 written under DIR in the layout of compose/:
 
-    DIR/grafana/dashboards/<name>-{live-scoring,model-quality,alerts}.json
+    DIR/grafana/dashboards/<name>-{live-scoring,model-quality,model-drift,alerts}.json
     DIR/grafana/provisioning/datasources/<name>.yaml   InfluxDB <database>, Elasticsearch <index>
     DIR/kibana/<index>.ndjson                          data view, visualizations, dashboard
 """
@@ -43,6 +43,8 @@ PROM = {"type": "prometheus", "uid": "prometheus"}
 SCORED = f'"{c.RETENTION_POLICY}"."{c.SCORED_MEASUREMENT}"'
 INPUT = f'"{c.RETENTION_POLICY}"."{c.INPUT_MEASUREMENT}"'
 QUALITY = f'"{c.RETENTION_POLICY}"."{c.MODEL_QUALITY_MEASUREMENT}"'
+#: conventional PSI levels, drawn on the drift panels (the drift tasks' warn and crit)
+PSI_WARNING, PSI_CRITICAL = 0.1, 0.25
 EVENTS = f'"{c.RETENTION_POLICY}"."{EVENTS_MEASUREMENT}"'
 #: fields the live-evaluation TICKscript writes into `model_quality`
 QUALITY_FIELDS = ("precision", "recall", "alert_rate")
@@ -120,6 +122,10 @@ class Names:
     @property
     def quality(self) -> str:
         return f"{ident(self.profile.retention_policy)}.{ident(c.MODEL_QUALITY_MEASUREMENT)}"
+
+    @property
+    def drift(self) -> str:
+        return f"{ident(self.profile.retention_policy)}.{ident(c.DRIFT_MEASUREMENT)}"
 
     @property
     def label(self) -> str | None:
@@ -579,6 +585,163 @@ def model_quality(n: Names = CREDITCARD) -> dict:
     )
 
 
+_PSI_THRESHOLDS = {
+    "mode": "absolute",
+    "steps": [
+        {"color": "green", "value": None},
+        {"color": "orange", "value": PSI_WARNING},
+        {"color": "red", "value": PSI_CRITICAL},
+    ],
+}
+
+
+def model_drift(n: Names = CREDITCARD) -> dict:
+    """Input drift of each model: the drift task's model_drift windows (PSI per feature, of
+    the scores, the worst feature, rows per window) and the drift alerts in Elasticsearch."""
+    lay = Layout()
+
+    def influx_q(ref: str, query: str, alias: str | None = None) -> dict:
+        return influx(ref, query, alias, ds=n.influx)
+
+    t = f"WHERE {BY_MODEL} AND $timeFilter"
+    by_model = f'GROUP BY time($__interval), "{c.MODEL_TAG}" fill(none)'
+    features = n.profile.feature_names
+    per_feature = ", ".join(
+        f"mean({ident(c.DRIFT_PSI_PREFIX + f)}) AS {ident(f)}" for f in features
+    )
+    psi_config = {
+        "min": 0,
+        "color": {"mode": "palette-classic"},
+        "thresholds": _PSI_THRESHOLDS,
+        "custom": {"thresholdsStyle": {"mode": "dashed"}},
+    }
+    window = "each window of the drift task (10 minutes of input points, every minute)"
+    panels = [
+        lay.panel(
+            "Input drift: PSI per feature",
+            [
+                influx_q(
+                    "A", f"SELECT {per_feature} FROM {n.drift} {t} {by_model}", "$tag_model $col"
+                )
+            ],
+            w=24,
+            h=10,
+            field_config=psi_config,
+            description=f"Population stability index of every feature in {window}, against "
+            "the distribution the model was trained on (its card). Under 0.1: no real change; "
+            "0.1 to 0.25: a moderate shift (warning); over 0.25: a significant one (critical).",
+        ),
+        lay.panel(
+            "Worst feature and score distribution (PSI)",
+            [
+                influx_q(
+                    "A",
+                    'SELECT max("psi_max") AS "worst feature", max("psi_score") AS "scores" '
+                    f"FROM {n.drift} {t} {by_model}",
+                    "$tag_model $col",
+                )
+            ],
+            field_config=psi_config,
+            description="The largest feature PSI of each window (the one drift alerts are "
+            "raised on) and the PSI of the model's scores against its held-out test scores.",
+        ),
+        lay.panel(
+            "Rows per drift window",
+            [
+                influx_q(
+                    "A",
+                    'SELECT last("count") AS "rows", last("unscored") AS "missing a feature" '
+                    f"FROM {n.drift} {t} {by_model}",
+                    "$tag_model $col",
+                )
+            ],
+            description="Windows with fewer rows than the task's min_count (200) are not "
+            "judged (drift_level insufficient); rows missing a feature are left out.",
+        ),
+        lay.panel(
+            "Windows not at ok",
+            [
+                {
+                    **influx_q(
+                        "A",
+                        'SELECT "drift_level", "drift_feature", "psi_max", "psi_score", "count" '
+                        f"FROM {n.drift} WHERE \"drift_level\" != 'ok' AND {BY_MODEL} "
+                        f'AND $timeFilter GROUP BY "{c.MODEL_TAG}" ORDER BY time DESC LIMIT 100',
+                        "$tag_model",
+                    ),
+                    "resultFormat": "table",
+                }
+            ],
+            kind="table",
+            w=24,
+            options={"showHeader": True, "sortBy": [{"displayName": "Time", "desc": True}]},
+            description="The latest windows at warning, critical or too small to judge.",
+        ),
+    ]
+    panels.append(
+        {
+            "id": lay.next_id,
+            "type": "table",
+            "title": "Drift alerts",
+            "description": f"Drift alerts the alert sink indexed (index {n.profile.alert_index}, "
+            "alert.kind drift): each change of level, a reminder while it lasts, the recovery.",
+            "datasource": n.es,
+            "gridPos": {"x": 0, "y": lay.y + lay.row_h, "w": 24, "h": 8},
+            "targets": [
+                _es_target(
+                    n,
+                    f"model.name:$model AND {_DRIFT}",
+                    [{"id": "1", "type": "raw_data", "settings": {"size": "100", "order": "desc"}}],
+                    [],
+                )
+            ],
+            "transformations": [
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {
+                            "_id": True,
+                            "_index": True,
+                            "_type": True,
+                            "highlight": True,
+                            "sort": True,
+                        },
+                        "indexByName": {name: i for i, name in enumerate(_DRIFT_COLUMNS)},
+                        "renameByName": {},
+                    },
+                }
+            ],
+            "fieldConfig": {"defaults": {}, "overrides": []},
+            "options": {
+                "showHeader": True,
+                "sortBy": [{"displayName": "@timestamp", "desc": True}],
+            },
+        }
+    )
+    return dashboard(
+        n.uid("model-drift"),
+        n.title("model drift"),
+        panels,
+        tags=["influxdb", "drift"],
+        refresh="1m",
+        time_from="now-24h",
+        variables=[model_variable(n)],
+        annotations=[
+            {
+                "name": "Drift alerts",
+                "enable": True,
+                "iconColor": "purple",
+                "datasource": n.es,
+                "query": f"model.name:$model AND {_DRIFT} AND NOT alert.level:OK",
+                "timeField": "@timestamp",
+                "textField": "alert.message",
+                "tagsField": "drift.feature",
+            }
+        ],
+        names=n,
+    )
+
+
 def service_metrics() -> dict:
     lay = Layout()
     q = "histogram_quantile({p}, sum by (le) (rate({m}_bucket[5m])))"
@@ -775,13 +938,31 @@ _DATE_HISTOGRAM = {
     "field": "@timestamp",
     "settings": {"interval": "auto", "min_doc_count": "0", "trimEdges": "0"},
 }
-_CRITICAL = 'model.name:$model AND alert.level:"CRITICAL"'
+#: drift alerts share the index with anomalies; documents older than alert.kind have none
+_DRIFT = f"{c.ALERT_KIND}:{c.ALERT_KIND_DRIFT}"
+_ANOMALIES = f"model.name:$model AND NOT {_DRIFT}"
+_CRITICAL = f'{_ANOMALIES} AND alert.level:"CRITICAL"'
+_DRIFT_COLUMNS = [
+    "@timestamp",
+    "alert.level",
+    "drift.feature",
+    "drift.psi",
+    "drift.psi_score",
+    "drift.count",
+    "drift.unscored",
+    "model.name",
+    "model.version",
+    "task",
+    "alert.id",
+    "alert.message",
+]
 _STAT_OPTIONS = {"reduceOptions": {"calcs": ["sum"], "fields": "", "values": False}}
 
 
 def alerts_dashboard(n: Names = CREDITCARD) -> dict:
     """Grafana on the alert index: critical alerts, value at risk, alerts by level, max score
-    against threshold, the latest alerts."""
+    against threshold, the latest alerts, all of anomalies only (drift alerts, in the same
+    index, are on the model-drift dashboard)."""
     p, keys = n.profile, _alert_keys(n)
     index = p.alert_index
     panels: list[dict] = []
@@ -871,7 +1052,7 @@ def alerts_dashboard(n: Names = CREDITCARD) -> dict:
             "targets": [
                 _es_target(
                     n,
-                    "model.name:$model",
+                    _ANOMALIES,
                     [{"id": "1", "type": "count"}],
                     [
                         {
@@ -913,7 +1094,7 @@ def alerts_dashboard(n: Names = CREDITCARD) -> dict:
             "targets": [
                 _es_target(
                     n,
-                    "model.name:$model",
+                    _ANOMALIES,
                     [
                         {"id": "1", "type": "max", "field": "score"},
                         {"id": "4", "type": "max", "field": "threshold"},
@@ -941,7 +1122,7 @@ def alerts_dashboard(n: Names = CREDITCARD) -> dict:
             "options": legend,
         }
     )
-    order = ["@timestamp", "alert.level", *_table_columns(n)]
+    order = ["@timestamp", "alert.level", *_table_columns(n), c.EXPLANATION]
     order += ["model.name", "model.version", "source", "task", "alert.id", "alert.message"]
     panels.append(
         {
@@ -949,17 +1130,19 @@ def alerts_dashboard(n: Names = CREDITCARD) -> dict:
             "type": "table",
             "title": "Latest alerts",
             "description": (
-                "Newest alert documents; label is the ground truth of the transaction."
+                "Newest anomaly alerts; label is the ground truth of the transaction, "
+                "explanation the features that pushed its score up the most."
                 if n.default
-                else "Newest alert documents; fields.* hold the row's fields"
-                + (f", label its ground truth ({n.label})." if n.label else ".")
+                else "Newest anomaly alerts; fields.* hold the row's fields"
+                + (f", label its ground truth ({n.label})" if n.label else "")
+                + ", explanation the features that pushed the score up the most."
             ),
             "datasource": n.es,
             "gridPos": {"x": 0, "y": 12, "w": 24, "h": 12},
             "targets": [
                 _es_target(
                     n,
-                    "model.name:$model",
+                    _ANOMALIES,
                     [{"id": "1", "type": "raw_data", "settings": {"size": "100", "order": "desc"}}],
                     [],
                 )
@@ -1064,6 +1247,11 @@ def _dumps(value: object) -> str:
     return json.dumps(value)
 
 
+_KQL_DRIFT = f'{c.ALERT_KIND} : "{c.ALERT_KIND_DRIFT}"'
+#: anomalies: documents written before alert.kind existed have none, and are anomalies
+_KQL_ANOMALIES = f"not {_KQL_DRIFT}"
+
+
 def _kuery_source(query: str = "", *, index: bool = True) -> dict:
     source: dict = {"query": {"query": query, "language": "kuery"}, "filter": []}
     if index:
@@ -1116,6 +1304,8 @@ def kibana_objects(n: Names = CREDITCARD) -> list[dict]:
     if keys["value"]:
         formats[keys["value"]] = {"id": "number", "params": {"pattern": "0,0.00"}}
     formats["score"] = {"id": "number", "params": {"pattern": "0.000"}}
+    for key in ("explanation.contribution", "drift.psi", "drift.psi_score"):
+        formats[key] = {"id": "number", "params": {"pattern": "0.000"}}
     objects = [
         {
             "attributes": {
@@ -1225,7 +1415,7 @@ def kibana_objects(n: Names = CREDITCARD) -> list[dict]:
                 "uiStateJSON": "{}",
                 "version": 1,
                 "visState": _dumps(histogram),
-                "kibanaSavedObjectMeta": _kuery_source(),
+                "kibanaSavedObjectMeta": _kuery_source(_KQL_ANOMALIES),
             },
             "8.5.0",
         )
@@ -1257,7 +1447,7 @@ def kibana_objects(n: Names = CREDITCARD) -> list[dict]:
                 "uiStateJSON": "{}",
                 "version": 1,
                 "visState": _dumps(pie),
-                "kibanaSavedObjectMeta": _kuery_source(),
+                "kibanaSavedObjectMeta": _kuery_source(_KQL_ANOMALIES),
             },
             "8.5.0",
         )
@@ -1319,7 +1509,9 @@ def kibana_objects(n: Names = CREDITCARD) -> list[dict]:
                     "uiStateJSON": "{}",
                     "version": 1,
                     "visState": _dumps(metric),
-                    "kibanaSavedObjectMeta": _kuery_source('alert.level : "CRITICAL"'),
+                    "kibanaSavedObjectMeta": _kuery_source(
+                        f'alert.level : "CRITICAL" and {_KQL_ANOMALIES}'
+                    ),
                 },
                 "8.5.0",
             )
@@ -1386,13 +1578,54 @@ def kibana_objects(n: Names = CREDITCARD) -> list[dict]:
                 "uiStateJSON": "{}",
                 "version": 1,
                 "visState": _dumps(table),
-                "kibanaSavedObjectMeta": _kuery_source(),
+                "kibanaSavedObjectMeta": _kuery_source(_KQL_ANOMALIES),
             },
             "8.5.0",
         )
     )
     panels.append((f"{prefix}-top-scored", "visualization", (16, 14, 32, 14)))
-    columns = ["alert.level", *_table_columns(n), "model.name", "model.version", "source"]
+    explained = "Features behind the alerts"
+    bar = {
+        "title": explained,
+        "type": "table",
+        "aggs": [
+            {
+                "id": "1",
+                "enabled": True,
+                "type": "count",
+                "params": {"customLabel": "Alerts it explains"},
+                "schema": "metric",
+            },
+            _terms("2", "bucket", "explanation.feature", 15, "Feature"),
+        ],
+        "params": {
+            "perPage": 15,
+            "showPartialRows": False,
+            "showMetricsAtAllLevels": False,
+            "showTotal": False,
+            "totalFunc": "sum",
+            "percentageCol": "",
+        },
+    }
+    objects.append(
+        meta(
+            f"{prefix}-explained-by",
+            "visualization",
+            {
+                "title": explained,
+                "description": "How many alerts each feature is among the top features of "
+                "(the explanation the agent gives every anomalous point)",
+                "uiStateJSON": "{}",
+                "version": 1,
+                "visState": _dumps(bar),
+                "kibanaSavedObjectMeta": _kuery_source(_KQL_ANOMALIES),
+            },
+            "8.5.0",
+        )
+    )
+    panels.append((f"{prefix}-explained-by", "visualization", (0, 28, 16, 18)))
+    columns = ["alert.level", *_table_columns(n), "explanation.feature"]
+    columns += ["explanation.contribution", "model.name", "model.version", "source"]
     columns += ["task", "alert.message"]
     objects.append(
         meta(
@@ -1406,12 +1639,31 @@ def kibana_objects(n: Names = CREDITCARD) -> list[dict]:
                 "grid": {},
                 "hideChart": False,
                 "isTextBasedQuery": False,
-                "kibanaSavedObjectMeta": _kuery_source(),
+                "kibanaSavedObjectMeta": _kuery_source(_KQL_ANOMALIES),
             },
             "8.0.0",
         )
     )
-    panels.append((f"{prefix}-latest", "search", (0, 28, 48, 18)))
+    panels.append((f"{prefix}-latest", "search", (16, 28, 32, 18)))
+    objects.append(
+        meta(
+            f"{prefix}-drift",
+            "search",
+            {
+                "title": f"Drift alerts ({p.name})" if not n.default else "Drift alerts",
+                "description": "Input drift of the models (the drift tasks): the feature "
+                "that moved most and its PSI; a level change, a reminder, the recovery",
+                "columns": _DRIFT_COLUMNS[1:],
+                "sort": [["@timestamp", "desc"]],
+                "grid": {},
+                "hideChart": False,
+                "isTextBasedQuery": False,
+                "kibanaSavedObjectMeta": _kuery_source(_KQL_DRIFT),
+            },
+            "8.0.0",
+        )
+    )
+    panels.append((f"{prefix}-drift", "search", (0, 46, 48, 14)))
     panel_json = [
         {
             "version": "8.8.0",
@@ -1468,6 +1720,7 @@ def render_ndjson(objects: list[dict]) -> str:
 DASHBOARDS = {
     "live-scoring.json": live_scoring,
     "model-quality.json": model_quality,
+    "model-drift.json": model_drift,
     "service-metrics.json": service_metrics,
     "fraud-alerts.json": alerts_dashboard,
 }
@@ -1541,6 +1794,7 @@ def profile_files(profile: Profile) -> dict[str, str]:
     files = {f"grafana/dashboards/{name}-live-scoring.json": render(lambda: live_scoring(n))}
     if n.label:  # without a ground truth there is no live evaluation (no quality task)
         files[f"grafana/dashboards/{name}-model-quality.json"] = render(lambda: model_quality(n))
+    files[f"grafana/dashboards/{name}-model-drift.json"] = render(lambda: model_drift(n))
     files[f"grafana/dashboards/{name}-alerts.json"] = render(lambda: alerts_dashboard(n))
     files[f"grafana/provisioning/datasources/{name}.yaml"] = datasources_yaml(n)
     files[f"kibana/{profile.alert_index}.ndjson"] = render_ndjson(kibana_objects(n))

@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(env UDF_SUPERVISOR_BATCH_SOCKET, then UDF_AGENT_BATCH_SOCKET)",
     )
     p.add_argument(
+        "--drift-socket",
+        default=_env("DRIFT_SOCKET", agent=True),
+        help="the agent's drift socket: with it, the tasks calling --drift-udf are watched "
+        "too and re-enabled once it answers, without a backfill "
+        "(env UDF_SUPERVISOR_DRIFT_SOCKET, then UDF_AGENT_DRIFT_SOCKET)",
+    )
+    p.add_argument(
         "--stream-udf",
         default=_env("STREAM_UDF", "score"),
         help="[udf.functions] name of the stream UDF served on --socket (default score)",
@@ -84,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-udf",
         default=_env("BATCH_UDF", "score_batch"),
         help="[udf.functions] name of the batch UDF on --batch-socket (default score_batch)",
+    )
+    p.add_argument(
+        "--drift-udf",
+        default=_env("DRIFT_UDF", "drift"),
+        help="[udf.functions] name of the drift UDF on --drift-socket (default drift)",
     )
     p.add_argument(
         "--poll-interval",
@@ -241,10 +253,15 @@ def main(argv: list[str] | None = None) -> int:
         sockets[args.stream_udf] = Path(args.socket)
     if args.batch_socket:
         sockets[args.batch_udf] = Path(args.batch_socket)
+    udfs = (args.stream_udf, args.batch_udf)
+    if args.drift_socket:
+        sockets[args.drift_udf] = Path(args.drift_socket)
+        udfs += (args.drift_udf,)
     config = SupervisorConfig(
         sockets=sockets,
-        udfs=(args.stream_udf, args.batch_udf),
+        udfs=udfs,
         batch_udfs={args.stream_udf: args.batch_udf},
+        reenable_only=frozenset({args.drift_udf}) if args.drift_socket else frozenset(),
         poll_interval=args.poll_interval,
         backoff_min=args.backoff_min,
         backoff_max=args.backoff_max,

@@ -78,6 +78,9 @@ class SupervisorConfig:
     udfs: tuple[str, ...] = ("score", "score_batch")
     #: stream UDF -> the batch UDF a backfill of its tasks calls
     batch_udfs: Mapping[str, str] = field(default_factory=lambda: {"score": "score_batch"})
+    #: watched UDFs whose tasks are re-enabled but never backfilled (the drift UDF: a
+    #: window it missed is judged again as part of the next ones)
+    reenable_only: frozenset[str] = frozenset()
     poll_interval: float = 1.0
     backoff_min: float = 0.2
     backoff_max: float = 4.0
@@ -315,6 +318,8 @@ class Supervisor:
             seen.add(task_id)
             state = self._observe(task, udf)
             counts[state] += 1
+            if udf in cfg.reenable_only:
+                continue  # nothing to backfill after an outage either
             if state == "executing" and outage_since is not None:
                 self._after_outage(task_id, outage_since - int(OUTAGE_MARGIN * NS), "Kapacitor")
             if state == "executing" and influx_outage is not None:
@@ -397,7 +402,11 @@ class Supervisor:
                 failing.seen_ns,
                 error=error,
             )
-            if self.influx is not None and self.config.backfill:
+            if (
+                self.influx is not None
+                and self.config.backfill
+                and udf not in self.config.reenable_only
+            ):
                 failing.gap_start_ns = self._safe_gap_start(task, last_enabled)
         return "failed"
 
@@ -581,6 +590,10 @@ class Supervisor:
         self.add_gap(Gap(task_id, start_ns, end, note=f"{what} was unreachable"))
 
     def _schedule_gap(self, failing: _Failing, end_ns: int, *, note: str) -> None:
+        if failing.udf in self.config.reenable_only:
+            text = f"{failing.task_id} {note}; last error: {failing.error or 'none'}"
+            self._emit("reenabled", failing.task_id, text, end_ns, error=failing.error)
+            return
         start = failing.gap_start_ns
         if start is None and self.influx is not None and self.config.backfill:
             # InfluxDB was not reachable when the task failed: ask now, up to the re-enable
