@@ -868,7 +868,11 @@ def test_prometheus_queries_name_metrics_the_services_export():
 def test_live_scoring_annotates_the_supervisors_udf_events():
     from udf_agent.supervise.influx import EVENT_FIELDS, EVENT_TAGS, EVENTS_MEASUREMENT
 
-    (annotation,) = _dashboards()["live-scoring.json"]["annotations"]["list"]
+    (annotation,) = [
+        a
+        for a in _dashboards()["live-scoring.json"]["annotations"]["list"]
+        if EVENTS_MEASUREMENT in a["query"]
+    ]
     assert annotation["datasource"]["uid"] == "influxdb-fraud"
     for spec in (annotation, annotation["target"]):
         query = spec["query"]
