@@ -24,7 +24,8 @@ the champion on a holdout neither has seen, promote it only when it wins.
    ``model``, ``event`` = promoted | kept | failed) in InfluxDB for Grafana's annotations.
 
 Exit status: 0 promoted, 3 kept, 2 bad input (flags, profile, data: fix and rerun),
-1 failure (InfluxDB unreachable, training or registry error: retry).
+1 failure (InfluxDB unreachable, training or registry error: retry), 130 interrupted
+(SIGINT or SIGTERM; a ``failed`` event says so).
 """
 
 from __future__ import annotations
@@ -629,7 +630,7 @@ def retrain(config: RetrainConfig, *, progress: TextIO | None = None) -> Retrain
         )
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
-            error = "interrupted"
+            error = f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})"
         else:
             error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ModelsError) else str(exc)
         report["error"] = error
@@ -811,9 +812,20 @@ def config_from_args(args, profile) -> RetrainConfig:
 
 def cmd_retrain(args, *, name: str | None) -> int:
     """Called by models/__main__.py with the model name (None: the profile's)."""
+    import signal
+    import threading
+
     try:
         config = replace(config_from_args(args, args.profile), name=name)
     except ModelsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+    def interrupt(signum, _frame):
+        # SIGTERM (a scheduler's timeout, a pod deleted) stops like Ctrl-C: a `failed`
+        # event says so, the exit status is 130
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
     return run_retrain(config)

@@ -156,3 +156,37 @@ def test_mlflow_aliases_follow_the_decision(tmp_path, data, monkeypatch):
     report = _report(tmp_path / "runs")
     assert report["mlflow"]["aliases"] == ["challenger"]
     assert report["mlflow"]["run_id"] == mv.run_id
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_retrain_within_seconds_and_says_so(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import WAIT, eventually
+
+    log = tmp_path / "stderr.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "models", "retrain", "--synthetic-rows", "8000",
+             "--candidates", "hgb", "--trials", "200", "--registry", str(tmp_path / "registry"),
+             "--runs-dir", str(tmp_path / "runs")],
+            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+        try:
+            eventually(lambda: "tune candidate=hgb trial=1/" in log.read_text(),
+                       timeout=WAIT * 3, what="tuning under way")  # fmt: skip
+            t0 = time.monotonic()
+            proc.terminate()
+            rc = proc.wait(timeout=WAIT)
+            stopped_in = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert rc == 130, log.read_text()[-2000:]
+    assert stopped_in < 10, f"took {stopped_in:.1f}s"
+    report = _report(tmp_path / "runs")
+    assert report["error"] == "interrupted (SIGTERM)"
+    assert not (tmp_path / "registry" / "creditcard").exists()
