@@ -1,4 +1,5 @@
-"""``python -m models``: train, evaluate, promote, list, sign, split, train-tf, profile.
+"""``python -m models``: train, evaluate, promote, list, sign, split, train-tf, profile,
+retrain, watch.
 
 Flags fall back to ``MODELS_*`` environment variables where noted
 (``MODELS_REGISTRY``, ``MODELS_DATA_DIR``, ``MODELS_RUNS_DIR``). ``--profile NAME|PATH``
@@ -166,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--serving-dir", default="models/serving")
     tf.add_argument("--promote", metavar="ALIAS")
     tf.add_argument("--registry", default=None)
+
+    from .retrain import add_retrain_parser
+    from .watch import add_watch_parser
+
+    add_retrain_parser(sub, add_profile=_add_profile, default_marker=_Default)
+    add_watch_parser(sub, add_profile=_add_profile)
 
     pf = sub.add_parser("profile", help="write, show and check data-set profiles")
     actions = pf.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -556,6 +563,18 @@ def cmd_profile(args) -> int:
     return PROFILE_COMMANDS[args.action][1](args)
 
 
+def cmd_retrain(args) -> int:
+    from .retrain import cmd_retrain as run
+
+    return run(args, name=None if isinstance(args.name, _Default) else str(args.name))
+
+
+def cmd_watch(args) -> int:
+    from .watch import cmd_watch as run
+
+    return run(args, data_dir=lambda profile: _data_dir(args, profile))
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -565,6 +584,8 @@ COMMANDS = {
     "split": cmd_split,
     "train-tf": cmd_train_tf,
     "profile": cmd_profile,
+    "retrain": cmd_retrain,
+    "watch": cmd_watch,
 }
 
 

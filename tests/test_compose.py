@@ -35,7 +35,7 @@ ONE_SHOT = {"model-bootstrap", "kibana-import", "elasticsearch-setup", "influxdb
 EXPECTED_SERVICES = {
     "influxdb", "kapacitor", "chronograf", "udf-agent", "publisher", "tfserving",
     "elasticsearch", "kibana", "grafana", "jupyter", "api", "alert-sink", "prometheus",
-    "model-bootstrap", "kibana-import", "udf-supervisor",
+    "model-bootstrap", "kibana-import", "udf-supervisor", "airflow",
 }  # fmt: skip
 PUBLISHED = {
     "influxdb": {8086},
@@ -49,6 +49,7 @@ PUBLISHED = {
     "api": {5000},
     "alert-sink": {9000},
     "prometheus": {9090},
+    "airflow": {8080},
 }
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?+][^}]*)?\}")
 
@@ -307,6 +308,33 @@ def _mounts(service: dict) -> dict[str, str]:
 
 def _flag(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
+
+
+def test_airflow_is_optional_and_schedules_the_projects_commands(services, env_file):
+    airflow = services["airflow"]
+    assert airflow["profiles"] == ["airflow"]  # heavy: only with --profile airflow
+    assert airflow["build"]["target"] == "airflow"
+    assert airflow["stop_signal"] == "SIGINT"  # standalone stops its components on it
+    mounts = {v.split(":")[1]: v for v in airflow["volumes"]}
+    # retrain registers versions and moves aliases; the watcher writes under /app/data
+    assert mounts["/app/models/registry"] == "registry:/app/models/registry"
+    assert mounts["/app/data"] == "dataset:/app/data"
+    assert _mounts(services["model-bootstrap"])["/app/data"] == "dataset"
+    env = airflow["environment"]
+    assert env["MODELS_INFLUX_URL"] == "http://influxdb:8086"
+    assert env["MODELS_REGISTRY"] == "/app/models/registry"
+    # the image runs the DAGs of the repository with the project's interpreter
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    stage = dockerfile[dockerfile.index("FROM base AS airflow") :]
+    assert "COPY deploy/airflow/dags /opt/airflow-dags" in stage
+    assert "AIRFLOW__CORE__DAGS_FOLDER=/opt/airflow-dags" in stage
+    assert "TICK_PYTHON=/opt/venv/bin/python" in stage
+    assert (COMPOSE_DIR / "scripts" / "airflow_entrypoint.sh").is_file()
+    result = _compose("--profile", "airflow", "config", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]["airflow"]
+    values = make_env.read_values(env_file)
+    assert resolved["environment"]["AIRFLOW_ADMIN_PASSWORD"] == values["AIRFLOW_ADMIN_PASSWORD"]
 
 
 def test_udf_socket_is_a_shared_named_volume(services):
@@ -904,7 +932,11 @@ def test_prometheus_queries_name_metrics_the_services_export():
 def test_live_scoring_annotates_the_supervisors_udf_events():
     from udf_agent.supervise.influx import EVENT_FIELDS, EVENT_TAGS, EVENTS_MEASUREMENT
 
-    (annotation,) = _dashboards()["live-scoring.json"]["annotations"]["list"]
+    (annotation,) = [
+        a
+        for a in _dashboards()["live-scoring.json"]["annotations"]["list"]
+        if EVENTS_MEASUREMENT in a["query"]
+    ]
     assert annotation["datasource"]["uid"] == "influxdb-fraud"
     for spec in (annotation, annotation["target"]):
         query = spec["query"]

@@ -90,7 +90,7 @@ def test_matrix_builds_the_images_compose_builds():
     matrix = _workflow()["jobs"]["build"]["strategy"]["matrix"]["include"]
     in_ci = {entry["image"]: (entry["target"], entry["extras"]) for entry in matrix}
     assert in_ci == built
-    assert set(in_ci) == {"python", "python-tf", "jupyter"}
+    assert set(in_ci) == {"python", "python-tf", "jupyter", "airflow"}
 
 
 def test_every_image_is_smoke_tested_and_pushed_only_on_tags():

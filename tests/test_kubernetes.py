@@ -948,7 +948,7 @@ NEEDED = {
     ("alert-sink", "elasticsearch", 9200), ("kibana", "elasticsearch", 9200),
     ("grafana", "elasticsearch", 9200), ("elasticsearch", "elasticsearch", 9300),
     ("kibana-import", "kibana", 5601), ("grafana", "prometheus", 9090),
-    ("prometheus", "api", 5000),
+    ("prometheus", "api", 5000), ("model-retrain", "influxdb", 8086),
 }  # fmt: skip
 ECK_POD_LABELS = {
     "elasticsearch": {"elasticsearch.k8s.elastic.co/cluster-name": "elasticsearch"},
@@ -1369,6 +1369,7 @@ def test_cards_are_not_signed_unless_the_component_is_used(rendered):
                 assert "MODELS_SIGNING_KEY_FILE" not in _env(c), (doc["metadata"]["name"], c)
         assert _registry_readers(docs) == {
             ("kapacitor", "udf-agent"), ("api", "api"), ("model-train", "train"),
+            ("model-retrain", "retrain"),
         }  # fmt: skip
 
 
@@ -1441,7 +1442,7 @@ def test_signed_models_component_mounts_the_key_where_cards_are_made_or_loaded(t
     assert holders == _registry_readers(docs)
     assert holders == {
         ("kapacitor", "udf-agent"), ("api", "api"), ("model-train", "train"),
-        ("model-sign", "sign"),
+        ("model-retrain", "retrain"), ("model-sign", "sign"),
     }  # fmt: skip
 
     sign = _get(docs, "Job", "model-sign")
@@ -1455,3 +1456,63 @@ def test_signed_models_component_mounts_the_key_where_cards_are_made_or_loaded(t
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert {"cpu", "memory"} <= set(c["resources"]["limits"])
+
+
+# -- the daily retrain ---------------------------------------------------------------------
+
+
+def test_retrain_cronjob_runs_the_retrain_command_daily(rendered, tmp_path):
+    """The CronJob's shell runs `python -m models retrain` with flags the command knows;
+    "kept" (exit 3) is a successful Job, bad input (2) fails it at once, a failure (1) is
+    retried: checked by running its shell with a stand-in `python` returning each status."""
+    from models.__main__ import build_parser
+    from models.retrain import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_KEPT, EXIT_PROMOTED
+
+    for docs in rendered.values():
+        cron = _get(docs, "CronJob", "model-retrain")
+        assert cron["spec"]["schedule"] == "0 3 * * *"
+        assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+        job = cron["spec"]["jobTemplate"]["spec"]
+        (rule,) = job["podFailurePolicy"]["rules"]
+        assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [EXIT_BAD_INPUT]
+        assert job["template"]["spec"]["restartPolicy"] == "Never"
+        assert job["backoffLimit"] >= 1
+        c = _container(docs, "CronJob", "model-retrain", "retrain")
+        env = _env(c)
+        (registry,) = [m for m in c["volumeMounts"] if m.get("subPath") == "registry"]
+        assert not registry.get("readOnly") and env["MODELS_REGISTRY"] == registry["mountPath"]
+        assert env["MODELS_INFLUX_URL"] == "http://influxdb:8086"
+        assert _secret_keys(c) == {
+            "MODELS_INFLUX_USERNAME": "INFLUXDB_SUPERVISOR_USER",
+            "MODELS_INFLUX_PASSWORD": "INFLUXDB_SUPERVISOR_USER_PASSWORD",
+        }
+    c = _container(rendered["small"], "CronJob", "model-retrain", "retrain")
+    assert c["command"] == ["/bin/sh", "-c"]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text(
+        '#!/bin/sh\nprintf \'%s\\0\' "$@" > "$ARGV_FILE"\nexit "$STATUS"\n'
+    )
+    (fake / "python").chmod(0o755)
+    env = {k: str(v) for k, v in _env(c).items() if isinstance(v, str)}
+    outcome = {}
+    for status in (EXIT_PROMOTED, EXIT_KEPT, EXIT_BAD_INPUT, EXIT_FAILED):
+        run = subprocess.run(
+            [require_binary("sh"), "-c", c["args"][0]],
+            env={
+                **env,
+                "PATH": f"{fake}:/usr/bin:/bin",
+                "STATUS": str(status),
+                "ARGV_FILE": str(tmp_path / "argv"),
+            },  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        outcome[status] = run.returncode
+    assert outcome == {EXIT_PROMOTED: 0, EXIT_KEPT: 0, EXIT_BAD_INPUT: 2, EXIT_FAILED: 1}
+    argv = (tmp_path / "argv").read_text().split("\0")[:-1]
+    assert argv[:2] == ["-m", "models"]
+    args = build_parser().parse_args(argv[2:])
+    assert args.command == "retrain" and args.profile == "creditcard" and args.since == "7d"

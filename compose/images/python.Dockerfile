@@ -3,6 +3,8 @@
 #   target "runtime", EXTRAS=""     -> api, publisher, alert-sink
 #   target "runtime", EXTRAS="tf"   -> udf-agent, model-bootstrap (TensorFlow, TF Serving client)
 #   target "jupyter", EXTRAS="tf,dev" -> jupyter
+#   target "airflow", EXTRAS=""     -> airflow (Apache Airflow in its own virtualenv, beside
+#                                      the project's, scheduling the project's commands)
 # The builder stage builds the project wheel and a virtualenv; runtime stages copy only the
 # virtualenv, run as a fixed non-root UID/GID (10001) and own the shared mount points so named
 # volumes are created with that ownership.
@@ -42,6 +44,19 @@ FROM builder AS jupyter-builder
 ARG JUPYTERLAB_VERSION=4.3.5
 RUN pip install "jupyterlab==${JUPYTERLAB_VERSION}"
 
+# Apache Airflow pins its own dependencies (SQLAlchemy, pydantic...): a virtualenv of its
+# own, with the versions CI loads the DAGs with (deploy/airflow/constraints.txt)
+FROM ${PYTHON_IMAGE} AS airflow-builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+ARG PIP_VERSION=26.3
+ARG AIRFLOW_VERSION=3.3.2
+COPY deploy/airflow/constraints.txt /tmp/airflow-constraints.txt
+RUN python -m venv /opt/airflow \
+ && /opt/airflow/bin/pip install "pip==${PIP_VERSION}" \
+ && /opt/airflow/bin/pip install -c /tmp/airflow-constraints.txt "apache-airflow==${AIRFLOW_VERSION}"
+
 FROM ${PYTHON_IMAGE} AS base
 ARG APP_UID=10001
 ARG APP_GID=10001
@@ -79,3 +94,21 @@ RUN mkdir -p /app/notebooks && chown app:app /app/notebooks
 USER ${APP_UID}:${APP_GID}
 EXPOSE 10000
 CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=10000", "--no-browser", "--ServerApp.root_dir=/app"]
+
+FROM base AS airflow
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=airflow-builder /opt/airflow /opt/airflow
+COPY deploy/airflow/dags /opt/airflow-dags
+COPY compose/scripts/airflow_entrypoint.sh /usr/local/bin/tick-airflow
+# `python` is the project's (the DAGs run `python -m models ...`); `airflow` is on PATH for
+# the components `airflow standalone` starts
+ENV PATH=/opt/venv/bin:/opt/airflow/bin:$PATH \
+    AIRFLOW_HOME=/app/airflow \
+    AIRFLOW__CORE__DAGS_FOLDER=/opt/airflow-dags \
+    AIRFLOW__CORE__LOAD_EXAMPLES=False \
+    TICK_PYTHON=/opt/venv/bin/python
+RUN chmod 0755 /usr/local/bin/tick-airflow \
+ && mkdir -p /app/airflow /app/runs && chown app:app /app/airflow /app/runs
+USER ${APP_UID}:${APP_GID}
+EXPOSE 8080
+CMD ["tick-airflow"]

@@ -32,6 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from models import contract as c  # noqa: E402
+from models.influx import EVENTS_MEASUREMENT as MODEL_EVENTS  # noqa: E402
 from models.profile import DEFAULT_PROFILE, Profile, ProfileError, load_profile  # noqa: E402
 from udf_agent.supervise.influx import EVENTS_MEASUREMENT  # noqa: E402
 
@@ -251,6 +252,24 @@ def udf_events_annotation() -> dict:
     }
 
 
+def model_events_annotation(n: Names = CREDITCARD) -> dict:
+    """`models retrain`'s decisions on the models picked in $model: a challenger promoted,
+    kept as challenger, or a failed run; the text says versions, figures and gain."""
+    events = f"{ident(n.profile.retention_policy)}.{ident(MODEL_EVENTS)}"
+    query = f'SELECT "text", "model", "event" FROM {events} WHERE {BY_MODEL} AND $timeFilter'
+    columns = {"textColumn": "text", "tagsColumn": "model,event"}
+    return {
+        "name": "Model retraining",
+        "enable": True,
+        "iconColor": "purple",
+        "datasource": n.influx,
+        # the legacy fields and the target Grafana 9+ migrates them to
+        "query": query,
+        **columns,
+        "target": {"query": query, "queryType": "tags", "fromAnnotations": True, **columns},
+    }
+
+
 def dashboard(
     uid: str,
     title: str,
@@ -460,8 +479,12 @@ def live_scoring(n: Names = CREDITCARD) -> dict:
         panels,
         tags=["influxdb"],
         variables=[model_variable(n)],
-        # the supervisor writes its events into the credit-card database
-        annotations=[udf_events_annotation()] if n.default else [],
+        # the supervisor writes its events into the credit-card database; retrain writes
+        # into the profile's
+        annotations=[
+            *([udf_events_annotation()] if n.default else []),
+            model_events_annotation(n),
+        ],
         names=n,
     )
 
@@ -581,6 +604,7 @@ def model_quality(n: Names = CREDITCARD) -> dict:
         refresh="30s",
         time_from="now-6h",
         variables=[model_variable(n)],
+        annotations=[model_events_annotation(n)],
         names=n,
     )
 

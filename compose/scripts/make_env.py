@@ -113,6 +113,11 @@ VARIABLES: tuple[Variable, ...] = (
         generate=_token(32),
     ),
     Variable(name="JUPYTER_TOKEN", help="Jupyter login token", generate=_token()),
+    Variable(
+        name="AIRFLOW_ADMIN_PASSWORD",
+        help="Airflow UI password of user admin (compose profile airflow)",
+        generate=_token(),
+    ),
 )
 
 HEADER = (

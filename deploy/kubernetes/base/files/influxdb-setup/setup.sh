@@ -7,7 +7,10 @@
 #                                                             the alert history of rules made
 #                                                             in Chronograf
 #   $INFLUXDB_SUPERVISOR_USER  ALL (read, write) on fraud     the task supervisor: reads a gap,
-#                                                             writes udf_events
+#                                                             writes udf_events; the Airflow
+#                                                             jobs (compose profile airflow):
+#                                                             read the labelled window, write
+#                                                             dropped rows and model_events
 # Kapacitor keeps the admin account: creating and listing subscriptions needs admin rights.
 # Databases fraud and chronograf are created if missing (the publisher may not create one).
 # Other data sets' databases (a profile's [influxdb] database) are named in
