@@ -50,10 +50,12 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.add_argument("--data-dir", type=Path, default=e("DATA_DIR"),
                    help="where the split CSVs live (default data, or a temp folder with --small)")  # fmt: skip
     p.add_argument("--csv", type=Path, default=e("CSV"),
-                   help="dataset CSV with the Kaggle schema (default DATA_DIR/creditcard.csv if present, else synthetic)")  # fmt: skip
+                   help="dataset CSV with the Kaggle schema, or the profile's columns (default "
+                   "DATA_DIR/creditcard.csv, or DATA_DIR/NAME/NAME.csv, if present, else synthetic)")  # fmt: skip
     rows = e("SYNTHETIC_ROWS")
     p.add_argument("--synthetic-rows", type=int, default=int(rows) if rows else None,
-                   help=f"rows of the synthetic dataset (default 100000; {SMALL_SYNTHETIC_ROWS} with --small)")  # fmt: skip
+                   help=f"rows of the synthetic dataset (default 100000, {SMALL_SYNTHETIC_ROWS} with "
+                   "--small; another profile's: 10000, 5000)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path(e("OUT", "runs")),
                    help="run folders go here (default %(default)s)")  # fmt: skip
     p.add_argument("--small", action="store_true", default=_truthy(e("SMALL")),
@@ -72,7 +74,12 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     p.add_argument("--window", type=int, default=int(window) if window else None,
                    help="points per task connection (default: all at once; 2 s worth with --rate)")  # fmt: skip
     p.add_argument("--startup-timeout", type=float, default=float(e("STARTUP_TIMEOUT", "60")),
-                   help="seconds to wait for the agent, the sink and InfluxDB (default %(default)s)")  # fmt: skip
+                   help="seconds to wait for the agent and the sink to serve, and for InfluxDB "
+                   "(default %(default)s)")  # fmt: skip
+    influx_timeout = e("INFLUX_TIMEOUT")
+    p.add_argument("--influx-timeout", type=float,
+                   default=float(influx_timeout) if influx_timeout else None,
+                   help="seconds the publisher waits for InfluxDB (default: --startup-timeout)")  # fmt: skip
     p.add_argument("--seed", type=int, default=int(e("SEED", "42")), help="split/synthetic seed")
     p.add_argument("--log-level", default=e("LOG_LEVEL", "warning"),
                    choices=["debug", "info", "warning", "error"])  # fmt: skip
@@ -97,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         threshold=args.threshold,
         window=args.window,
         startup_timeout=args.startup_timeout,
+        influx_timeout=args.influx_timeout,
     )
 
 

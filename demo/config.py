@@ -38,7 +38,11 @@ class DemoConfig:
     max_delay: str = "5ms"
     window: int | None = None
     post_workers: int = 4
+    #: how long to wait for the agent and the sink to serve (they fail at once when they
+    #: exit), and for InfluxDB unless ``influx_timeout`` says otherwise
     startup_timeout: float = 60.0
+    #: how long the publisher waits for InfluxDB to answer (None: ``startup_timeout``)
+    influx_timeout: float | None = None
     python: str | None = None
 
     def __post_init__(self) -> None:
@@ -52,11 +56,21 @@ class DemoConfig:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"window must be a positive number of points, got {self.window}")
+        for name in ("startup_timeout", "influx_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
         if self.post_workers < 1:
             raise ValueError(f"post_workers must be >= 1, got {self.post_workers}")
 
     @property
     def rows_for_synthetic(self) -> int:
+        """Rows of the credit-card generator (another data set's: demo.dataset)."""
         if self.synthetic_rows is not None:
             return self.synthetic_rows
         return SMALL_SYNTHETIC_ROWS if self.small else 100_000
+
+    @property
+    def influx_wait(self) -> float:
+        """Seconds the publisher waits for InfluxDB."""
+        return self.influx_timeout if self.influx_timeout is not None else self.startup_timeout

@@ -1,11 +1,19 @@
-"""The ``--influx`` path: publish the test split into InfluxDB and read it back in order."""
+"""The ``--influx`` path: publish the test split into InfluxDB and read it back in order.
+
+Stages ``publish to influxdb`` (``python -m publisher`` as a real process, into the data
+set's database and measurement) and ``read from influxdb`` (the points of this run's
+``source``, chunked, in time order): the replay then sends what InfluxDB holds, with its
+timestamps, as Kapacitor would.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -13,7 +21,15 @@ from models import contract
 
 from .errors import DemoError
 
-__all__ = ["InfluxError", "count_points", "read_points"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .stage import Workspace
+
+__all__ = ["InfluxError", "Published", "count_points", "publish", "read_back", "read_points"]
+
+#: points per write request of the publisher
+PUBLISH_BATCH = 5000
 
 log = logging.getLogger("demo.influx")
 
@@ -129,3 +145,85 @@ def count_points(url: str, *, source: str, timeout: float = 30.0) -> int:
                 for series in res.get("series", []):
                     return int(series["values"][0][1])
     return 0
+
+
+@dataclass(frozen=True)
+class Published:
+    points: int
+    seconds: float
+
+
+def publish(ws: Workspace, test: pd.DataFrame) -> Published:
+    """The ``publish to influxdb`` stage: the rows to replay, through the publisher."""
+    from .processes import ManagedProcess
+    from .stage import PROJECT_ROOT
+
+    config, profile = ws.config, ws.dataset.profile
+    assert config.influx_url is not None
+    test_csv = ws.tmp / "publish.csv"
+    test.to_csv(test_csv, index=False)
+    pub = ManagedProcess(
+        "publisher",
+        [ws.python, "-m", "publisher", *ws.dataset.publisher_args(),
+         "--influx-url", config.influx_url, "--csv", str(test_csv),
+         "--rate", "0", "--count", str(len(test)), "--mode", "sequential",
+         "--batch-size", str(PUBLISH_BATCH), "--source", ws.source,
+         "--startup-timeout", f"{config.influx_wait:g}",
+         "--shutdown-timeout", "15", "--log-level", "info"],
+        log_path=ws.run_dir / "publisher.log",
+        env=ws.child_env(),
+        cwd=PROJECT_ROOT,
+    )  # fmt: skip
+    ws.stack.callback(pub.stop)
+    t0 = time.perf_counter()
+    pub.start()
+    rc = pub.wait(timeout=600)
+    if rc != 0:
+        raise DemoError(
+            f"the publisher exited with status {rc}; log {pub.log_path}:\n{pub.log_tail()}"
+        )
+    seconds = time.perf_counter() - t0
+    ws.say(
+        f"published {len(test):,} points to {config.influx_url} (database {profile.database}, "
+        f"measurement {profile.measurement}, source={ws.source}) in {seconds:.1f} s"
+    )
+    return Published(len(test), seconds)
+
+
+def read_back(ws: Workspace, published: Published) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The ``read from influxdb`` stage: (rows in time order, the report's ``influx``
+    section). A row holds ``time`` (ns), the fields and the tags, the label also under
+    the CSV's label column, as the replay reads rows."""
+    config, profile = ws.config, ws.dataset.profile
+    assert config.influx_url is not None
+    t0 = time.perf_counter()
+    rows = read_points(
+        config.influx_url,
+        source=ws.source,
+        database=profile.database,
+        retention_policy=profile.retention_policy,
+        measurement=profile.measurement,
+    )
+    if len(rows) != published.points:
+        raise DemoError(
+            f"InfluxDB returned {len(rows):,} points of source {ws.source}, "
+            f"but {published.points:,} were published"
+        )
+    label = profile.label
+    for r in rows:
+        if label is not None and profile.label_field in r:
+            r[label] = r[profile.label_field]
+    ws.say(
+        f"read {len(rows):,} points back in time order (epoch=ns, chunked) in "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+    info = {
+        "url": config.influx_url,
+        "database": profile.database,
+        "measurement": profile.measurement,
+        "source": ws.source,
+        "published": published.points,
+        "read_back": len(rows),
+        "publish_seconds": round(published.seconds, 3),
+    }
+    return rows, info

@@ -26,6 +26,7 @@ from models import contract
 
 __all__ = [
     "AlertState",
+    "AlertTask",
     "ScoredRecord",
     "alert_body",
     "alert_id",
@@ -255,24 +256,49 @@ def alert_body(
     return body.encode("utf-8")
 
 
+class AlertTask:
+    """The alert task over scored points fed in time order:
+    ``where(lambda: "model" == model AND isPresent("is_anomaly"))`` then
+    ``crit(lambda: "is_anomaly" == TRUE)`` with ``.noRecoveries()``: every critical point
+    is posted; OK points only move the state."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        measurement: str = contract.SCORED_MEASUREMENT,
+        texts: Mapping[str, str] | None = None,
+    ) -> None:
+        self.model = model
+        self.measurement = measurement
+        self.texts = texts
+        self.state = AlertState()
+
+    def feed(self, rec: ScoredRecord) -> bytes | None:
+        """The body posted for this point, or None."""
+        if rec.tags.get(contract.MODEL_TAG) != self.model or rec.is_anomaly is None:
+            return None
+        level, previous, duration = self.state.update(rec)
+        if level != "CRITICAL":
+            return None
+        return alert_body(
+            rec,
+            level=level,
+            previous=previous,
+            duration_ns=duration,
+            measurement=self.measurement,
+            texts=self.texts,
+        )
+
+
 def alerts_for(
     records: Iterable[ScoredRecord], *, model: str, measurement: str = contract.SCORED_MEASUREMENT
 ) -> list[tuple[ScoredRecord, bytes]]:
-    """Apply the alert task to scored points in time order; return the posted alerts.
-
-    ``where(lambda: "model" == model AND isPresent("is_anomaly"))`` then
-    ``crit(lambda: "is_anomaly" == TRUE)`` with ``.noRecoveries()``: every critical
-    point is posted; OK points only move the state.
-    """
-    state = AlertState()
+    """Apply the alert task to scored points in time order; return the posted alerts."""
+    task = AlertTask(model=model, measurement=measurement)
     out = []
     for rec in sorted(records, key=lambda r: r.time_ns):
-        if rec.tags.get(contract.MODEL_TAG) != model or rec.is_anomaly is None:
-            continue
-        level, previous, duration = state.update(rec)
-        if level == "CRITICAL":
-            body = alert_body(
-                rec, level=level, previous=previous, duration_ns=duration, measurement=measurement
-            )
+        body = task.feed(rec)
+        if body is not None:
             out.append((rec, body))
     return out

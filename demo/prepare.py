@@ -1,27 +1,38 @@
-"""Stages 1 and 2: the split files and a production model."""
+"""Stage 1, ``prepare data``: the data set's split files through :mod:`models.data`.
+
+The rows come from ``--csv``, else ``DATA_DIR/<profile>.csv`` when present
+(``data/creditcard.csv``, the Kaggle file), else the profile's seeded generator. They are
+split as ``python -m models split`` splits them (stratified 70/15/15) into the data set's
+folder. A manifest records the source, so a later run reuses the split files while the
+source and the files are unchanged.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-import numpy as np
+import pandas as pd
 
-from models.data import SPLIT_FILES, Splits, X_y, load_split, prepare_splits
-from models.registry import ModelCard, ModelNotFound, Registry
+from models.data import SPLIT_FILES, Splits, default_csv, load_split, prepare_splits
+from models.profile import Profile
 
-__all__ = ["MANIFEST", "QUICK_CANDIDATE", "ensure_model", "load_or_prepare_splits"]
+from .errors import DemoError
+from .stage import Workspace
+
+__all__ = ["MANIFEST", "PreparedData", "Source", "load_or_prepare_splits", "prepare_data"]
 
 log = logging.getLogger("demo.prepare")
 
 #: records where the split files came from, so a later run can reuse them
 MANIFEST = ".splits-manifest.json"
-#: the quick default model: gradient boosting with library defaults, no tuning
-QUICK_CANDIDATE = "hgb"
+#: how another data set's files are split; recorded so that files split otherwise
+#: (by an earlier demo) are made again rather than reused
+PROFILE_SPLIT = "models.data stratified 70/15/15"
 
 
 def _stat(path: Path) -> dict[str, int]:
@@ -29,59 +40,90 @@ def _stat(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _source_descriptor(
-    data_dir: Path, csv: Path | None, synthetic_rows: int, seed: int, use_default_csv: bool
-) -> dict:
-    default_csv = data_dir / "creditcard.csv"
-    chosen = csv
-    if chosen is None and use_default_csv and default_csv.is_file():
-        chosen = default_csv
-    if chosen is not None:
-        return {"csv": str(Path(chosen).resolve()), **_stat(Path(chosen)), "seed": seed}
-    return {"synthetic_rows": int(synthetic_rows), "seed": seed}
+@dataclass(frozen=True)
+class Source:
+    """Where a data set's rows come from: a CSV, or ``synthetic_rows`` of its generator."""
+
+    csv: Path | None
+    synthetic_rows: int | None
+    seed: int
+    profile: Profile | None = None
+
+    @classmethod
+    def choose(
+        cls,
+        data_dir: Path,
+        *,
+        csv: Path | None,
+        synthetic_rows: int,
+        seed: int,
+        use_default_csv: bool = True,
+        profile: Profile | None = None,
+    ) -> Source:
+        """``csv``, else ``data_dir/<profile>.csv`` when present and ``use_default_csv``,
+        else the seeded generator (which a profile must have)."""
+        if csv is not None and not Path(csv).is_file():
+            raise FileNotFoundError(f"dataset CSV {csv} does not exist")
+        fallback = default_csv(data_dir, profile)
+        if csv is None and use_default_csv and fallback.is_file():
+            csv = fallback
+        if csv is not None:
+            return cls(Path(csv), None, seed, profile)
+        if profile is not None:
+            from models.synthetic import GENERATORS
+
+            if profile.name not in GENERATORS:
+                raise DemoError(
+                    f"profile {profile.name!r} has no synthetic generator: pass --csv FILE "
+                    f"with its columns ({', '.join(profile.csv_columns)})"
+                )
+        return cls(None, int(synthetic_rows), seed, profile)
+
+    def descriptor(self) -> dict[str, Any]:
+        """What the manifest compares: the same descriptor, the same rows."""
+        if self.csv is not None:
+            out: dict[str, Any] = {
+                "csv": str(self.csv.resolve()),
+                **_stat(self.csv),
+                "seed": self.seed,
+            }
+        else:
+            out = {"synthetic_rows": self.synthetic_rows, "seed": self.seed}
+        if self.profile is not None:
+            out |= {"profile": self.profile.name, "split": PROFILE_SPLIT}
+        return out
 
 
-def load_or_prepare_splits(
-    data_dir: Path,
-    *,
-    csv: Path | None,
-    synthetic_rows: int,
-    seed: int,
-    use_default_csv: bool = True,
-) -> tuple[Splits, bool]:
-    """Source: ``csv``, else ``data_dir/creditcard.csv`` when present and
-    ``use_default_csv``, else the seeded synthetic generator.
-
-    Reuse the split files when the manifest says they came from the same source and
-    they are unchanged; otherwise (re)write them. Returns (splits, reused)."""
+def load_or_prepare_splits(data_dir: Path, source: Source) -> tuple[Splits, bool]:
+    """Reuse the split files when the manifest says they came from ``source`` and they
+    are unchanged; otherwise (re)write them. Returns (splits, reused)."""
     data_dir = Path(data_dir)
-    if csv is not None and not Path(csv).is_file():
-        raise FileNotFoundError(f"dataset CSV {csv} does not exist")
-    source = _source_descriptor(data_dir, csv, synthetic_rows, seed, use_default_csv)
+    profile = source.profile
     manifest_path = data_dir / MANIFEST
     paths = {part: data_dir / name for part, name in SPLIT_FILES.items()}
+    descriptor = source.descriptor()
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
         manifest = None
     if (
         manifest is not None
-        and manifest.get("source") == source
+        and manifest.get("source") == descriptor
         and all(p.is_file() for p in paths.values())
         and manifest.get("files") == {part: _stat(p) for part, p in paths.items()}
     ):
-        parts = [load_split(paths[part]) for part in SPLIT_FILES]
+        parts = [load_split(paths[part], profile=profile) for part in SPLIT_FILES]
         log.info("event=splits_reused dir=%s source=%s", data_dir, manifest.get("label"))
-        return Splits(*parts, source=manifest.get("label", "")), True
-    use_csv = source.get("csv")
+        return Splits(*parts, source=manifest.get("label", ""), profile=profile), True
     splits = prepare_splits(
         data_dir,
-        csv=use_csv,
-        synthetic_rows=None if use_csv else synthetic_rows,
-        seed=seed,
+        csv=source.csv,
+        synthetic_rows=source.synthetic_rows,
+        seed=source.seed,
+        profile=profile,
     )
     record = {
-        "source": source,
+        "source": descriptor,
         "label": splits.source,
         "files": {part: _stat(p) for part, p in paths.items()},
     }
@@ -91,103 +133,41 @@ def load_or_prepare_splits(
     return splits, False
 
 
-def production_card(registry: Registry, name: str, ref: str) -> ModelCard | None:
-    try:
-        return registry.card(name, ref)
-    except ModelNotFound:
-        return None
+@dataclass
+class PreparedData:
+    splits: Splits
+    reused: bool
+    data_dir: Path
+    source: Source
+    #: the rows to replay: the test split, its first ``--n`` rows
+    test: pd.DataFrame
 
 
-def ensure_model(
-    registry: Registry,
-    splits: Splits,
-    *,
-    name: str,
-    ref: str,
-    seed: int,
-    progress: TextIO | None = None,
-) -> tuple[ModelCard, dict[str, Any] | None]:
-    """The model card for ``name@ref``; trains, registers and promotes a quick default
-    model first when there is none. Returns (card, training summary or None)."""
-    card = production_card(registry, name, ref)
-    if card is not None:
-        return card, None
-    if ref.isdigit() or ref == "latest":
-        raise ModelNotFound(f"model {name!r} has no version {ref!r} in {registry.root}")
-    import sklearn
-
-    from models.contract import FEATURES
-    from models.evaluation import choose_threshold, evaluate_scores
-    from models.pipelines import fit_estimator, get_candidate
-
-    cand = get_candidate(QUICK_CANDIDATE)
-    X_tr, y_tr = X_y(splits.train)
-    X_va, y_va = X_y(splits.validation)
-    X_te, y_te = X_y(splits.test)
-    if progress is not None:
-        print(
-            f"training {QUICK_CANDIDATE} ({cand.description}) on {len(y_tr):,} rows "
-            f"({int(y_tr.sum())} fraud) ...",
-            file=progress,
-            flush=True,
+def prepare_data(ws: Workspace) -> PreparedData:
+    """The ``prepare data`` stage: the splits, and the test rows to replay."""
+    config, dataset = ws.config, ws.dataset
+    base = config.data_dir or (ws.tmp / "data" if config.small else Path("data"))
+    data_dir = dataset.data_dir(base)
+    source = Source.choose(
+        data_dir,
+        csv=config.csv,
+        synthetic_rows=dataset.synthetic_rows(config),
+        seed=config.seed,
+        use_default_csv=not config.small,
+        profile=dataset.data_profile,
+    )
+    splits, reused = load_or_prepare_splits(data_dir, source)
+    test = splits.test
+    if config.n is not None and config.n < len(test):
+        test = test.iloc[: config.n].reset_index(drop=True)
+    elif config.n is not None and config.n > len(test):
+        ws.say(
+            f"--n {config.n:,} is more than the test split's {len(test):,} rows; "
+            "replaying every row once"
         )
-    t0 = time.perf_counter()
-    est = fit_estimator(cand.make({}, seed=seed), X_tr, y_tr, name=QUICK_CANDIDATE)
-    fit_s = time.perf_counter() - t0
-    s_va = est.predict_proba(X_va)[:, 1]
-    s_te = est.predict_proba(X_te)[:, 1]
-    choice = choose_threshold(y_va, s_va, strategy="f1")
-    a_va = splits.validation["Amount"].to_numpy(dtype=np.float64)
-    a_te = splits.test["Amount"].to_numpy(dtype=np.float64)
-    val = evaluate_scores(y_va, s_va, threshold=choice.threshold, amounts=a_va)
-    test = evaluate_scores(y_te, s_te, threshold=choice.threshold, amounts=a_te)
-    tr = splits.train
-    card = registry.register(
-        name,
-        est,
-        features=FEATURES,
-        threshold=choice.threshold,
-        framework="sklearn",
-        metrics={k: v for k, v in test.items() if isinstance(v, (int, float))},
-        training={
-            "rows": len(tr),
-            "positives": int(tr["Class"].sum()),
-            "positive_rate": float(tr["Class"].mean()),
-            "resampling": cand.resampling,
-            "validation_rows": len(splits.validation),
-            "test_rows": len(splits.test),
-            "split": "stratified",
-            "seed": seed,
-            "source": splits.source,
-            "cv_folds": 0,
-            "trials": 0,
-        },
-        extra={
-            "description": cand.description,
-            "candidate": cand.name,
-            "params": {},
-            "threshold_strategy": "f1",
-            "validation_metrics": {k: v for k, v in val.items() if isinstance(v, (int, float))},
-            "evaluated_on": "test split (threshold chosen on validation)",
-            "library": {"scikit-learn": sklearn.__version__},
-            "trained_by": "python -m demo (quick default, no tuning)",
-        },
+    parts = ", ".join(
+        f"{p} {v['rows']:,} ({v['positives']} {dataset.positives})"
+        for p, v in splits.summary().items()
     )
-    registry.promote(name, card.version, ref)
-    summary = {
-        "candidate": cand.name,
-        "version": card.version,
-        "fit_seconds": round(fit_s, 2),
-        "threshold": choice.threshold,
-        "validation_auprc": val["auprc"],
-        "test_auprc": test["auprc"],
-    }
-    log.info(
-        "event=model_trained model=%s version=%s candidate=%s fit_s=%.1f threshold=%.4f",
-        name,
-        card.version,
-        cand.name,
-        fit_s,
-        choice.threshold,
-    )
-    return registry.card(name, ref), summary
+    ws.say(f"{'reused' if reused else 'wrote'} splits in {data_dir} from {splits.source}: {parts}")
+    return PreparedData(splits, reused, data_dir, source, test)

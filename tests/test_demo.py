@@ -18,6 +18,9 @@ import psutil
 import pytest
 from conftest import free_port, require_binary
 
+from models import contract
+from models.registry import Registry
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +96,16 @@ def test_small_run_report_matches_the_sink_store(small_run):
     assert report["replay"]["points"] == len(test) == report["data"]["test_rows"]
     assert report["data"]["source"] == "synthetic(n_rows=20000, seed=42)"
     assert report["model"]["trained"] is not None  # empty registry: a model was trained
+    # ... by the training job of `python -m models train --profile creditcard`, on the
+    # rows the demo replays: its card describes the data set and scores the same test split
+    card = Registry(dirs["registry"]).card("creditcard", "production")
+    assert card.data["profile"]["name"] == "creditcard" and card.features == contract.FEATURES
+    assert set(card.data["reference"]["features"]) == set(contract.FEATURES)
+    assert card.data["training"]["rows"] == report["data"]["splits"]["train"]["rows"]
+    assert card.metrics["rows"] == len(test) and card.metrics["positives"] == test["Class"].sum()
+    reports = Path(report["model"]["trained"]["reports"])
+    assert reports.parent == run_dir and (reports / "comparison.md").is_file()
+    assert "python -m models train --profile creditcard" in report["model"]["trained"]["command"]
 
     alerts = sink_alerts(run_dir / "alerts.db")
     assert len(alerts) == report["alerts"]["posted"] == report["alerts"]["sink_documents"] > 0
@@ -174,11 +187,13 @@ def test_bad_csv_names_the_stage(tmp_path):
 
 
 def test_failure_after_start_stops_agent_and_sink(tmp_path):
-    # Nothing listens on this port: the publisher gives up and the stage is named, while
-    # the agent and the sink, already running, must be stopped.
+    # Nothing listens on this port: the publisher gives up after --influx-timeout and the
+    # stage is named, while the agent and the sink, already running, must be stopped.
+    # Their own start-up keeps its wide default (--startup-timeout): a busy machine may
+    # take seconds to start them, and that is not what this test is about.
     dead = f"http://127.0.0.1:{free_port()}"
     proc = run_demo(
-        "--small", "--influx", dead, "--startup-timeout", "2", "--registry",
+        "--small", "--influx", dead, "--influx-timeout", "2", "--registry",
         str(tmp_path / "reg"), "--data-dir", str(tmp_path / "data"), "--out",
         str(tmp_path / "out"),
     )  # fmt: skip

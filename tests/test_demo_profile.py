@@ -3,7 +3,9 @@ processes; its alert bodies and its training step on their own."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
 import sqlite3
 import subprocess
@@ -11,14 +13,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sklearn.metrics import average_precision_score
 from test_demo import assert_gone, only_run_dir, run_demo, started_pids
 
 from alert_sink.payload import parse_alert
 from alert_sink.routing import PROFILE_DOC_FIELDS, Router
+from demo.config import DemoConfig
+from demo.dataset import Dataset
 from demo.kapacitor import ScoredRecord, alert_body, render_template
+from demo.model import ensure_model
+from demo.prepare import prepare_data
+from demo.stage import Workspace
+from models.data import X_y
 from models.profile import load_profile
 from models.profile_tasks import alert_texts
-from models.registry import Registry
 from udf_agent import replay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,28 +88,51 @@ def test_render_template_escapes_values_only_for_the_details():
     assert render_template(text, rec, html=True).startswith("L&lt;&amp;&gt;&#39; ")
 
 
-@pytest.mark.slow
-def test_the_training_step_registers_a_model_of_the_profile(tmp_path):
-    from demo.profile_data import frame_of, load_or_prepare_profile_splits, train_profile_model
+def workspace(tmp_path: Path, **config) -> Workspace:
+    ws = Workspace(
+        DemoConfig(profile="machine_failure", registry=tmp_path / "registry",
+                   data_dir=tmp_path / "data", **config),
+        Dataset.load("machine_failure"), io.StringIO(), io.StringIO(),
+        contextlib.ExitStack(), tmp_path / "tmp", tmp_path / "run",
+    )  # fmt: skip
+    ws.tmp.mkdir(exist_ok=True)
+    ws.run_dir.mkdir(exist_ok=True)
+    return ws
 
-    splits, reused = load_or_prepare_profile_splits(MF, tmp_path, csv=None, rows=3000, seed=3)
-    assert not reused and (tmp_path / "machine_failure" / "test.csv").is_file()
-    again, reused = load_or_prepare_profile_splits(MF, tmp_path, csv=None, rows=3000, seed=3)
-    assert reused and again.test["UDI"].tolist() == splits.test["UDI"].tolist()
-    registry = Registry(tmp_path / "registry")
-    card, summary = train_profile_model(registry, MF, splits, name="mf", ref="production", seed=3)
-    assert summary is not None and card.features == MF.feature_names
+
+@pytest.mark.slow
+def test_the_data_and_model_stages_of_a_profile(tmp_path):
+    ws = workspace(tmp_path, synthetic_rows=3000, seed=3)
+    data = prepare_data(ws)
+    assert not data.reused and data.data_dir == tmp_path / "data" / "machine_failure"
+    assert (data.data_dir / "test.csv").is_file()
+    again = prepare_data(ws)
+    assert again.reused and again.test["UDI"].tolist() == data.test["UDI"].tolist()
+
+    model = ensure_model(ws, data)
+    card = model.card
+    assert model.trained is not None and card.name == "machine_failure"
+    assert card.features == MF.feature_names
     assert card.data["profile"]["features"][0] == {
         "name": "Type",
         "type": "categorical",
         "levels": ["H", "L", "M"],
     }
-    model = registry.load_artifact(card)
-    X = frame_of(splits.test.head(5), MF)
+    assert set(card.data["reference"]["features"]) == set(MF.feature_names)
+    # the training job of `python -m models train` ran on the demo's own splits: the
+    # model scores the test split the demo replays to exactly the card's test figures
+    assert card.data["training"]["rows"] == len(data.splits.train)
+    assert (Path(model.trained["reports"]) / "comparison.md").is_file()
+    artifact = model.registry.load_artifact(card)
+    X, y = X_y(data.test, profile=MF)
+    scores = artifact.predict_proba(X)[:, 1]
+    assert card.metrics["rows"] == len(y)
+    assert card.metrics["auprc"] == pytest.approx(average_precision_score(y, scores))
     X.loc[0, "Type"] = "Z"  # a level the encoder never saw is no error
-    assert model.predict_proba(X).shape == (5, 2)
-    card2, summary2 = train_profile_model(registry, MF, splits, name="mf", ref="production", seed=3)
-    assert summary2 is None and card2.version == card.version  # already there: reused
+    assert artifact.predict_proba(X.head(5)).shape == (5, 2)
+
+    again = ensure_model(ws, data)
+    assert again.trained is None and again.card.version == card.version  # already there
 
 
 def test_make_demo_passes_the_profile():
