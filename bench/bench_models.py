@@ -2,10 +2,12 @@
 scoring throughput/latency of registered pipelines through ``SklearnBackend`` against the
 bare estimator (the backend's overhead), and model selection: the default training
 (``models train``) beside an untuned HistGradientBoosting on the same split, for every
-shipped profile.
+shipped profile; and the wall time of ``models retrain`` with the default search on each
+shipped profile (``bench/retrain_times.py``).
 
     .venv/bin/python -m bench.bench_models [--rows N] [--train-rows N]
         [--selection-only] [--seeds 1,2,3] [--creditcard-rows N] [--machine-rows N]
+        [--no-retrain] [--retrain-rows N]
 """
 
 from __future__ import annotations
@@ -226,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="native threads (OpenMP, BLAS) of the selection figures")  # fmt: skip
     p.add_argument("--sets", default=None,
                    help="only the selection data sets whose label holds this text")  # fmt: skip
+    p.add_argument("--no-retrain", action="store_true", help="skip the retrain wall times")
+    p.add_argument("--retrain-rows", type=int, default=30_000,
+                   help="synthetic rows per retrain run")  # fmt: skip
     args = p.parse_args(argv)
     if args.selection_only:
         selection(args)
@@ -274,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
                     f" {bare:>12,.0f} {rps / bare:>6.2f}"
                 )
     selection(args)
+    if not args.no_retrain:
+        from bench import retrain_times
+
+        print(flush=True)
+        retrain_times.main(["--rows", str(args.retrain_rows), "--threads", str(args.threads)])
     return 0
 
 

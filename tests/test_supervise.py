@@ -732,6 +732,25 @@ def test_gap_start_is_just_after_the_last_point_the_model_scored(influxdb):
     assert sup.gap_start(info, t0 - 100) == t0 + 31  # scored by the fallback model
 
 
+def test_udf_events_carry_any_text_and_a_point_that_cannot_be_encoded_is_counted(influxdb):
+    influxdb.create_database("fraud")
+    sup = Supervisor(SupervisorConfig(), KapacitorClient("http://127.0.0.1:1"),
+                     influx=InfluxClient(influxdb.url))  # fmt: skip
+    t0 = time.time_ns() - 10**9
+    error = 'udf "score" failed:\n  read unix @->/sockets/x.sock: "broken pipe"\ttwice'
+    sup._emit("failed", "score, my=task", "first", t0, error=error, points=3)
+    sup._emit("failed", "bad\\", "never writable", t0 + 1)  # a tag ending with a backslash
+    sup._emit("reenabled", "score, my=task", "second", t0 + 2, gap_start_ns=t0)
+    assert sup.flush_events()
+    rows = influxdb.rows('SELECT * FROM "udf_events" ORDER BY time ASC', db="fraud")
+    assert [r["text"] for r in rows] == ["first", "second"]
+    assert rows[0]["task"] == "score, my=task" and rows[0]["points"] == 3
+    assert rows[0]["error"] == error.replace("\n", " ").replace("\t", " ")
+    assert rows[1]["gap_start_ns"] == t0
+    assert sup.metrics.errors.labels("event")._value.get() == 1
+    assert not sup._events  # the unwritable point is let go, not retried forever
+
+
 def test_unfinished_backfills_resume_from_udf_events(influxdb):
     influxdb.create_database("fraud")
     now = time.time_ns()

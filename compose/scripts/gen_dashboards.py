@@ -711,30 +711,8 @@ def model_drift(n: Names = CREDITCARD) -> dict:
             "alert.kind drift): each change of level, a reminder while it lasts, the recovery.",
             "datasource": n.es,
             "gridPos": {"x": 0, "y": lay.y + lay.row_h, "w": 24, "h": 8},
-            "targets": [
-                _es_target(
-                    n,
-                    f"model.name:$model AND {_DRIFT}",
-                    [{"id": "1", "type": "raw_data", "settings": {"size": "100", "order": "desc"}}],
-                    [],
-                )
-            ],
-            "transformations": [
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {
-                            "_id": True,
-                            "_index": True,
-                            "_type": True,
-                            "highlight": True,
-                            "sort": True,
-                        },
-                        "indexByName": {name: i for i, name in enumerate(_DRIFT_COLUMNS)},
-                        "renameByName": {},
-                    },
-                }
-            ],
+            "targets": [_es_documents(n, f"model.name:$model AND {_DRIFT}")],
+            "transformations": [_columns_in_order(_DRIFT_COLUMNS)],
             "fieldConfig": {"defaults": {}, "overrides": []},
             "options": {
                 "showHeader": True,
@@ -956,6 +934,25 @@ def _es_target(n: Names, query: str, metrics: list[dict], buckets: list[dict]) -
     }
 
 
+def _es_documents(n: Names, query: str) -> dict:
+    """The newest 100 matching documents, raw (a table panel's source)."""
+    raw = {"id": "1", "type": "raw_data", "settings": {"size": "100", "order": "desc"}}
+    return _es_target(n, query, [raw], [])
+
+
+def _columns_in_order(columns: list[str]) -> dict:
+    """Table columns in this order; Elasticsearch's own metadata columns hidden."""
+    hidden = ("_id", "_index", "_type", "highlight", "sort")
+    return {
+        "id": "organize",
+        "options": {
+            "excludeByName": dict.fromkeys(hidden, True),
+            "indexByName": {name: i for i, name in enumerate(columns)},
+            "renameByName": {},
+        },
+    }
+
+
 _DATE_HISTOGRAM = {
     "id": "2",
     "type": "date_histogram",
@@ -1163,30 +1160,8 @@ def alerts_dashboard(n: Names = CREDITCARD) -> dict:
             ),
             "datasource": n.es,
             "gridPos": {"x": 0, "y": 12, "w": 24, "h": 12},
-            "targets": [
-                _es_target(
-                    n,
-                    _ANOMALIES,
-                    [{"id": "1", "type": "raw_data", "settings": {"size": "100", "order": "desc"}}],
-                    [],
-                )
-            ],
-            "transformations": [
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {
-                            "_id": True,
-                            "_index": True,
-                            "_type": True,
-                            "highlight": True,
-                            "sort": True,
-                        },
-                        "indexByName": {name: i for i, name in enumerate(order)},
-                        "renameByName": {},
-                    },
-                }
-            ],
+            "targets": [_es_documents(n, _ANOMALIES)],
+            "transformations": [_columns_in_order(order)],
             "fieldConfig": {
                 "defaults": {},
                 "overrides": [

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import requests
+
+from models import lineprotocol as lp
 
 from .errors import InfluxError
 
@@ -33,29 +36,24 @@ def _literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _escape_key(text: str) -> str:
-    return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _field_value(value: Any) -> str:
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return lp.format_bool(value)
     if isinstance(value, int):
-        return f"{value}i"
+        return lp.format_int(value)
     if isinstance(value, float):
-        return repr(value)
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
-    return f'"{text}"'
+        return lp.format_float(value)
+    # an annotation's text quotes an error that may span lines: line protocol carries none
+    return lp.escape_string(_CONTROL.sub(" ", str(value)))
 
 
 def line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, Any], t_ns: int) -> str:
     """One point in line protocol (tags sorted, empty tag values left out)."""
-    key = _escape_key(measurement).replace("\\=", "=")
-    for k in sorted(tags):
-        if tags[k] != "":
-            key += f",{_escape_key(k)}={_escape_key(str(tags[k]))}"
-    body = ",".join(f"{_escape_key(k)}={_field_value(v)}" for k, v in fields.items())
-    return f"{key} {body} {int(t_ns)}"
+    tags = {k: _CONTROL.sub(" ", str(v)) for k, v in tags.items()}
+    return lp.line(measurement, tags, [(k, _field_value(v)) for k, v in fields.items()], t_ns)
 
 
 class InfluxClient:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.lineprotocol import LineProtocolError
+
 from ..protocol import messages as pb
 from ..protocol.codec import FrameDecoder, encode_frame
 from .errors import (
@@ -997,11 +999,16 @@ class Supervisor:
             batch = list(self._events) if batch is None else batch
         if not batch:
             return True
+        lines = []
+        for e in batch:
+            try:
+                lines.append(line(EVENTS_MEASUREMENT, e.tags, e.fields, e.t_ns))
+            except LineProtocolError as exc:  # never writable: logged, counted, let go
+                self.metrics.errors.labels("event").inc()
+                log.warning("cannot encode a %s point %r: %s", EVENTS_MEASUREMENT, e.tags, exc)
         try:
-            self.influx.write(
-                self.config.events_database,
-                [line(EVENTS_MEASUREMENT, e.tags, e.fields, e.t_ns) for e in batch],
-            )
+            if lines:
+                self.influx.write(self.config.events_database, lines)
         except InfluxError as exc:
             self.metrics.errors.labels("influxdb").inc()
             log.warning("cannot write %d %s point(s): %s", len(batch), EVENTS_MEASUREMENT, exc)
