@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from models import contract
+from models.drift import reference_profile
 from models.registry import Registry
 from udf_agent.replay import ReplayReport, build_payloads, run_replay
 
@@ -58,7 +59,14 @@ def _register_models(reg: Registry) -> None:
     }
     for name, m in models.items():
         m.fit(X, y)
-        card = reg.register(name, m, features=contract.FEATURES, threshold=0.5)
+        # reference distributions as training records them: the agent explains anomalous
+        # points (.explain(3) by default) from the card's typical values
+        ref = reference_profile(
+            X, contract.FEATURES, ["float"] * len(contract.FEATURES), m.predict_proba(X)[:, 1]
+        )
+        card = reg.register(
+            name, m, features=contract.FEATURES, threshold=0.5, extra={"reference": ref}
+        )
         reg.promote(name, card.version, "production")
 
 

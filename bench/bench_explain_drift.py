@@ -22,40 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.bench_agent import _data, _register_models
 from models import contract
-from models.drift import reference_profile
 from models.registry import Registry
 from udf_agent.protocol import messages as pb
 from udf_agent.protocol.codec import FrameDecoder, encode_frame
 from udf_agent.replay import _point_frame, build_payloads, query_info, run_replay, typed_options
-
-
-def _data(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, len(contract.FEATURES)))
-    y = (X[:, 3] - X[:, 10] + 0.5 * rng.normal(size=n) > 3.2).astype(int)
-    return X, y
-
-
-def _register(reg: Registry) -> None:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    X, y = _data(20000)
-    for name, model in (
-        ("lr", make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))),
-        ("hgb", HistGradientBoostingClassifier(max_iter=200, random_state=0)),
-    ):
-        model.fit(X, y)
-        ref = reference_profile(
-            X, contract.FEATURES, ["float"] * len(contract.FEATURES), model.predict_proba(X)[:, 1]
-        )
-        card = reg.register(
-            name, model, features=contract.FEATURES, threshold=0.5, extra={"reference": ref}
-        )
-        reg.promote(name, card.version, "production")
 
 
 def _drift_windows(sock: Path, payloads: list[bytes], model: str, windows: int, size: int):
@@ -114,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         reg = Registry(tmp / "registry", signing_key=None)
-        _register(reg)
+        _register_models(reg)
         X, y = _data(20000, seed=1)
         rows = [
             dict(zip(contract.FEATURES, r), txn_id=f"t{i}", Class=int(c))
