@@ -109,7 +109,9 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
 
 def _raise_interrupted(signum: int, _frame: object) -> None:
-    raise DemoInterrupted(f"stopped by {signal.Signals(signum).name}")
+    # KeyboardInterrupt, not an Exception: no "except Exception" on the way (a retry loop
+    # waiting for a service to answer) may take a stop for a failure and carry on
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,7 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     from .runner import run_demo
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    # SIGINT explicitly too: a demo started in the background by a shell without job
+    # control inherits SIGINT ignored, and Python then leaves it ignored
+    previous = {
+        sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         run_demo(config)
     except StageError as exc:
@@ -145,5 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0

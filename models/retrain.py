@@ -827,5 +827,8 @@ def cmd_retrain(args, *, name: str | None) -> int:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     if threading.current_thread() is threading.main_thread():
+        # SIGINT too, explicitly: started in the background by a shell without job
+        # control, a process inherits SIGINT ignored and would not stop on it
         signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGINT, interrupt)
     return run_retrain(config)

@@ -204,13 +204,20 @@ def test_failure_after_start_stops_agent_and_sink(tmp_path):
     assert_gone(pids)
 
 
-def test_ctrl_c_stops_everything(tmp_path):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# "inherited ignored": what a shell without job control does to a background command
+@pytest.mark.parametrize("sigint", ["default", "inherited ignored"])
+def test_ctrl_c_stops_everything(tmp_path, sigint):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "demo", "--small", "--rate", "300", "--registry",
          str(tmp_path / "reg"), "--data-dir", str(tmp_path / "data"), "--out",
          str(tmp_path / "out")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_ignore_sigint if sigint != "default" else None,
     )  # fmt: skip
     seen = []
     try:
