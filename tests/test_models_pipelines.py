@@ -166,3 +166,52 @@ def test_catalogue():
         get_candidate("svm")
     with pytest.raises(TrainingError, match="unknown resampler"):
         build_pipeline("lr", "nearmiss")
+
+
+def _scripted_candidate(monkeypatch, folds_of: dict[str, list[float]]):
+    """A candidate whose cross-validation gives scripted fold scores per parameter value,
+    so tune()'s choice between the first trial and the best one is checked exactly."""
+    import models.tuning as tuning
+    from models.pipelines import Candidate
+
+    def fake_cv(candidate, params, X, y, *, oof=None, fold_scores, **kw):
+        fold_scores.extend(folds_of[params["c"]])
+        if oof is not None:
+            oof[:] = 0.5
+        return float(np.mean(fold_scores))
+
+    monkeypatch.setattr(tuning, "_cross_validate", fake_cv)
+    return Candidate(
+        name="scripted",
+        description="",
+        build=lambda params, seed: None,
+        space=lambda trial: {"c": trial.suggest_categorical("c", sorted(folds_of))},
+        first_trial={"c": "defaults"},
+    )
+
+
+@pytest.mark.parametrize(
+    "tuned, kept",
+    [
+        # leads by 0.01 on average, but one fold says the opposite: within the noise
+        ([0.83, 0.84, 0.91], "defaults"),
+        # leads by 0.01 on every fold: beyond the noise
+        ([0.81, 0.86, 0.91], "tuned"),
+    ],
+)
+def test_tune_keeps_the_first_trial_unless_the_best_beats_it_beyond_the_noise(
+    monkeypatch, tuned, kept
+):
+    from models.tuning import first_trial_kept
+
+    folds_of = {"defaults": [0.80, 0.85, 0.90], "tuned": tuned}
+    cand = _scripted_candidate(monkeypatch, folds_of)
+    X, y = np.zeros((30, 2)), np.array([0, 1] * 15)
+    out = io.StringIO()
+    res = tune(cand, X, y, n_trials=8, cv=3, seed=0, progress=out, first_trial=cand.first_trial)
+    assert any(t["params"] == {"c": "tuned"} for t in res.trials)  # the search did try it
+    assert res.best_params == {"c": kept}
+    assert res.fold_scores == folds_of[kept]
+    assert res.best_score == pytest.approx(np.mean(folds_of[kept]))
+    assert ("first trial kept" in out.getvalue()) == (kept == "defaults")
+    assert (first_trial_kept(tuned, folds_of["defaults"]) is None) == (kept == "tuned")
