@@ -198,7 +198,9 @@ def http_peer():
     set ``handler.routes[path] = (status, body)``."""
     handler = type("Handler", (_CannedHandler,), {"routes": {}, "seen_auth": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield server.server_address[1], handler
     server.shutdown()

@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import queue
@@ -714,7 +715,9 @@ class KapacitorPeer:
         Handler.peer = peer
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._http.daemon_threads = True
-        for target in (self._http.serve_forever, self._flush_loop):
+        # a short poll: shutdown() waits for serve_forever to notice, 0.5 s by default
+        serve = functools.partial(self._http.serve_forever, poll_interval=0.05)
+        for target in (serve, self._flush_loop):
             t = threading.Thread(target=target, daemon=True)
             t.start()
             self._threads.append(t)

@@ -198,7 +198,9 @@ def test_import_script_posts_the_objects_to_kibana():
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKibana)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         env = {

@@ -39,7 +39,9 @@ class RunningSink:
         self.sink = self.app.extensions["alert_sink"]
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def post(self, body: bytes, headers=AUTH, **kw) -> requests.Response:

@@ -310,6 +310,7 @@ def _flag(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
 
+@pytest.mark.slow
 def test_airflow_is_optional_and_schedules_the_projects_commands(services, env_file):
     airflow = services["airflow"]
     assert airflow["profiles"] == ["airflow"]  # heavy: only with --profile airflow

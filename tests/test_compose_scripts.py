@@ -265,6 +265,7 @@ def _as(url: str, user: str, password: str, path: str, q: str | None = None, bod
     return r.status_code, error
 
 
+@pytest.mark.slow
 @pytest.mark.influxdb
 def test_influxdb_setup_gives_each_user_only_its_rights(tmp_path):
     bash = require_binary("bash")
@@ -386,7 +387,9 @@ def test_elasticsearch_setup_creates_least_privilege_users(tmp_path):
         do_GET = do_PUT = do_POST = _answer
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Security)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     env = {
         "PATH": os.environ["PATH"],
         "ES_URL": f"http://127.0.0.1:{server.server_address[1]}",

@@ -413,7 +413,9 @@ def test_the_import_script_imports_every_data_sets_objects(tmp_path):
     (kibana / "machine-failure-alerts.ndjson").write_text(mf)
     _FakeKibana.received = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKibana)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         env = {

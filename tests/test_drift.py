@@ -106,6 +106,7 @@ def _window(c: Client, points, t0: int, *, name="transactions", tags=None) -> pb
     return resp.point
 
 
+@pytest.mark.slow
 def test_drift_stays_quiet_on_in_distribution_windows_and_fires_on_a_shift(agent):
     srv, _, _, _ = agent
     c = Client(srv.config.drift_socket_path, timeout=WAIT)

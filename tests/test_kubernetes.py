@@ -273,6 +273,7 @@ def _check_pod_template(template: dict, main: str, version: str) -> None:
     assert names == [main], "ECK merges by container name: the main container must match"
 
 
+@pytest.mark.slow
 def test_eck_resources_have_the_crd_shape(rendered, compose):
     version = _validation_versions()[-1]
     es_tag = compose["elasticsearch"]["image"].rsplit(":", 1)[1]
@@ -1195,6 +1196,7 @@ def _wait_exit(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
     return proc.returncode, out + err
 
 
+@pytest.mark.slow
 @pytest.mark.influxdb
 def test_setup_sidecar_makes_the_users_then_waits_and_stops_at_once(influxd, tmp_path):
     require(shutil.which("curl") is not None, "binary 'curl'")
@@ -1226,6 +1228,7 @@ def test_setup_sidecar_makes_the_users_then_waits_and_stops_at_once(influxd, tmp
             proc.communicate()
 
 
+@pytest.mark.slow
 @pytest.mark.influxdb
 def test_setup_sidecar_stops_while_it_waits_and_fails_clearly(influxd, tmp_path):
     require(shutil.which("curl") is not None, "binary 'curl'")
@@ -1285,7 +1288,10 @@ def test_influxdb_any_mode_spreads_writes_and_skips_a_replica_that_is_down(influ
                 servers.append(http.server.ThreadingHTTPServer((host, port), handler))
             except OSError as exc:
                 pytest.skip(f"cannot bind {host}:{port}: {exc}")
-        threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+        threads = [
+            threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+            for s in servers
+        ]
         for t in threads:
             t.start()
         result = _run_script(influxd.url, 2, f"http://127.0.0.1{{i}}:{port}")
@@ -1373,6 +1379,7 @@ def test_cards_are_not_signed_unless_the_component_is_used(rendered):
         }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_signed_models_component_mounts_the_key_where_cards_are_made_or_loaded(tmp_path, compose):
     import kubernetes_validate
 

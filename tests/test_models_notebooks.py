@@ -84,7 +84,9 @@ def api_server(workdir, monkeypatch):
 
     app = create_app({"registry": workdir / "registry"})
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     monkeypatch.setenv("API_URL", f"http://127.0.0.1:{server.server_port}")
     yield

@@ -161,7 +161,9 @@ def test_api_serves_a_tf_production_model_from_its_saved_model(bundle):
 
     app = create_app(ApiConfig(registry=bundle.registry.root, model=bundle.name))
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     X = bundle.X_test[:25]
     body = [dict(zip(FEATURES, row, strict=True)) for row in X.tolist()]
     try:

@@ -12,7 +12,8 @@ from conftest import require_module
 
 from models.backends.tfserving import messages as wire
 
-pytestmark = pytest.mark.tf
+# slow: importing TensorFlow for the official descriptors takes seconds
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

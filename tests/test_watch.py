@@ -154,6 +154,7 @@ def test_rows_without_ids_get_ids_unique_across_files(tmp_path):
     assert "2 file(s)" in where
 
 
+@pytest.mark.slow
 def test_one_watcher_per_folder(tmp_path):
     config = _config(tmp_path)
     first = Watcher(config)
@@ -281,6 +282,7 @@ def test_sigterm_stops_within_seconds_and_the_file_resumes(tmp_path, influxdb):
     assert influxdb.count("transactions", "txn_id", db="fraud") == 2000
 
 
+@pytest.mark.slow
 def test_a_stop_request_in_process_leaves_a_resumable_claim(tmp_path):
     """The same without InfluxDB: stopped between chunks, the store file is not left half
     written, and the next run writes it whole."""

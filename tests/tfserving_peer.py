@@ -130,7 +130,9 @@ class TFServingPeer(prediction_service_pb2_grpc.PredictionServiceServicer):
         Handler.peer = peer
         self._rest = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._rest.daemon_threads = True
-        self._rest_thread = threading.Thread(target=self._rest.serve_forever, daemon=True)
+        self._rest_thread = threading.Thread(
+            target=self._rest.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._rest_thread.start()
         self.rest_url = f"http://127.0.0.1:{self._rest.server_address[1]}"
         return self.rest_url
