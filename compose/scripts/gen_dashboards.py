@@ -934,6 +934,23 @@ def _es_target(n: Names, query: str, metrics: list[dict], buckets: list[dict]) -
     }
 
 
+def _kibana_table(title: str, aggs: list[dict], *, per_page: int) -> dict:
+    """A Kibana aggregation-based table visualisation (visState)."""
+    return {
+        "title": title,
+        "type": "table",
+        "aggs": aggs,
+        "params": {
+            "perPage": per_page,
+            "showPartialRows": False,
+            "showMetricsAtAllLevels": False,
+            "showTotal": False,
+            "totalFunc": "sum",
+            "percentageCol": "",
+        },
+    }
+
+
 def _es_documents(n: Names, query: str) -> dict:
     """The newest 100 matching documents, raw (a table panel's source)."""
     raw = {"id": "1", "type": "raw_data", "settings": {"size": "100", "order": "desc"}}
@@ -1554,19 +1571,7 @@ def kibana_objects(n: Names = CREDITCARD) -> list[dict]:
         _terms("2", "bucket", keys["id"], 20, "Transaction" if n.default else p.id_column)
     )
     top_aggs.append(_terms("5", "bucket", "model.name", 5, "Model"))
-    table = {
-        "title": top,
-        "type": "table",
-        "aggs": top_aggs,
-        "params": {
-            "perPage": 10,
-            "showPartialRows": False,
-            "showMetricsAtAllLevels": False,
-            "showTotal": False,
-            "totalFunc": "sum",
-            "percentageCol": "",
-        },
-    }
+    table = _kibana_table(top, top_aggs, per_page=10)
     objects.append(
         meta(
             f"{prefix}-top-scored",
@@ -1584,10 +1589,9 @@ def kibana_objects(n: Names = CREDITCARD) -> list[dict]:
     )
     panels.append((f"{prefix}-top-scored", "visualization", (16, 14, 32, 14)))
     explained = "Features behind the alerts"
-    bar = {
-        "title": explained,
-        "type": "table",
-        "aggs": [
+    bar = _kibana_table(
+        explained,
+        [
             {
                 "id": "1",
                 "enabled": True,
@@ -1597,15 +1601,8 @@ def kibana_objects(n: Names = CREDITCARD) -> list[dict]:
             },
             _terms("2", "bucket", "explanation.feature", 15, "Feature"),
         ],
-        "params": {
-            "perPage": 15,
-            "showPartialRows": False,
-            "showMetricsAtAllLevels": False,
-            "showTotal": False,
-            "totalFunc": "sum",
-            "percentageCol": "",
-        },
-    }
+        per_page=15,
+    )
     objects.append(
         meta(
             f"{prefix}-explained-by",
