@@ -51,7 +51,7 @@ from .evaluation import (
 )
 from .pipelines import DEFAULT_CANDIDATES, FULL_CANDIDATES, fit_estimator, get_candidate
 from .registry import ModelCard, Registry
-from .tuning import check_cv, cross_val_scores, tune
+from .tuning import check_cv, cross_val_scores, paired_lead, tune
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -530,11 +530,10 @@ def prefer_single_model(
     if not singles:
         return results, ""
     single = singles[0]
-    k = min(len(top.cv_folds), len(single.cv_folds))
-    if k < 2 or len(top.cv_folds) != len(single.cv_folds):
+    paired = paired_lead(top.cv_folds, single.cv_folds)
+    if paired is None:
         return results, ""
-    diff = np.asarray(top.cv_folds) - np.asarray(single.cv_folds)
-    lead, se = float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(k))
+    lead, se = paired
     if lead > se:
         return results, (
             f"ensemble={top.name} leads single={single.name} by cv_auprc={lead:.4f} "

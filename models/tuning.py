@@ -225,7 +225,7 @@ def tune(
     # out-of-fold scores of the best trial so far (one array kept, not one per trial),
     # and of the first trial when it was given
     best_oof: dict[int, tuple[float, list[float], np.ndarray]] = {}
-    first_oof: dict[int, tuple[float, list[float], np.ndarray]] = {}
+    first_oof: list[tuple[float, list[float], np.ndarray]] = []
 
     def objective(trial: optuna.Trial) -> float:
         params = candidate.space(trial)
@@ -247,7 +247,7 @@ def tune(
             best_oof.clear()
             best_oof[trial.number] = (value, folds, oof)
         if first_trial and trial.number == 0:
-            first_oof[0] = (value, folds, oof)
+            first_oof.append((value, folds, oof))
         return value
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -295,7 +295,7 @@ def tune(
     best = study.best_trial
     value = float(best.value)
     _, folds, oof = best_oof.get(best.number, (None, [], None))
-    if best.number != 0 and 0 in first_oof:
+    if best.number != 0 and first_oof:
         first_value, first_folds, first_scores = first_oof[0]
         note = first_trial_kept(folds, first_folds)
         if note is not None:
@@ -319,16 +319,24 @@ def tune(
     )
 
 
+def paired_lead(ahead: Sequence[float], other: Sequence[float]) -> tuple[float, float] | None:
+    """Mean and standard error of the paired fold differences ``ahead - other`` (the
+    folds are the same for every candidate and trial); None when they cannot be paired
+    (fewer than two folds, or different counts)."""
+    k = len(ahead)
+    if k < 2 or len(other) != k:
+        return None
+    diff = np.asarray(ahead, dtype=float) - np.asarray(other, dtype=float)
+    return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(k))
+
+
 def first_trial_kept(best_folds: Sequence[float], first_folds: Sequence[float]) -> str | None:
     """Why the first trial stays ahead of the best one (their paired fold scores), or
     None when the best one leads by more than one standard error of the differences."""
-    k = len(best_folds)
-    if k < 2 or len(first_folds) != k:
+    paired = paired_lead(best_folds, first_folds)
+    if paired is None or paired[0] > paired[1]:
         return None
-    diff = np.asarray(best_folds, dtype=float) - np.asarray(first_folds, dtype=float)
-    lead, se = float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(k))
-    if lead > se:
-        return None
+    lead, se = paired
     return f"lead {lead:.4f} is within one standard error ({se:.4f}) of the fold differences"
 
 
