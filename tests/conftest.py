@@ -8,11 +8,11 @@ import os
 import shutil
 import socket
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
+from http_serving import serve_in_thread
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -198,10 +198,7 @@ def http_peer():
     set ``handler.routes[path] = (status, body)``."""
     handler = type("Handler", (_CannedHandler,), {"routes": {}, "seen_auth": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
+    thread = serve_in_thread(server)
     yield server.server_address[1], handler
     server.shutdown()
     server.server_close()

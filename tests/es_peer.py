@@ -33,6 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from http_serving import serve_in_thread
+
 __all__ = ["ElasticsearchPeer"]
 
 _COMPAT = re.compile(r"compatible-with=(\d+)")
@@ -145,10 +147,7 @@ class ElasticsearchPeer:
         handler = type("Handler", (_Handler,), {"peer": self})
         self._server = _Server(("127.0.0.1", self.port), handler)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._thread = serve_in_thread(self._server)
         return self
 
     def stop(self) -> None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import functools
 import json
 import logging
 import queue
@@ -54,6 +53,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
+from http_serving import serve_in_thread
 from test_tickscripts import Arg, parse
 
 from udf_agent.protocol import messages as pb
@@ -715,12 +715,10 @@ class KapacitorPeer:
         Handler.peer = peer
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._http.daemon_threads = True
-        # a short poll: shutdown() waits for serve_forever to notice, 0.5 s by default
-        serve = functools.partial(self._http.serve_forever, poll_interval=0.05)
-        for target in (serve, self._flush_loop):
-            t = threading.Thread(target=target, daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._threads.append(serve_in_thread(self._http))
+        flush = threading.Thread(target=self._flush_loop, daemon=True)
+        flush.start()
+        self._threads.append(flush)
         return self
 
     @property

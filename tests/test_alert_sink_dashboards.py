@@ -8,12 +8,12 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from es_peer import alert_bodies
+from http_serving import serve_in_thread
 
 from alert_sink.payload import parse_alert
 from models.contract import ALERT_INDEX
@@ -198,10 +198,7 @@ def test_import_script_posts_the_objects_to_kibana():
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKibana)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
+    serve_in_thread(server)
     try:
         env = {
             **os.environ,

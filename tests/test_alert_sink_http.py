@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import requests
 from conftest import WAIT, eventually
 from es_peer import ElasticsearchPeer, alert_bodies, synthetic_alert
+from http_serving import serve_in_thread
 from werkzeug.serving import make_server
 
 from alert_sink import ConfigError, SinkConfig, create_app
@@ -39,10 +39,7 @@ class RunningSink:
         self.sink = self.app.extensions["alert_sink"]
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.port}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
+        self.thread = serve_in_thread(self.server)
 
     def post(self, body: bytes, headers=AUTH, **kw) -> requests.Response:
         return requests.post(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from http_serving import serve_in_thread
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LogisticRegression
 from werkzeug.serving import make_server
@@ -73,13 +74,7 @@ def registry_dir(tmp_path, base_registry) -> Path:
 @contextmanager
 def serve(app):
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": 0.05},
-        name="api-test-server",
-        daemon=True,
-    )
-    thread.start()
+    thread = serve_in_thread(server, name="api-test-server")
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:

@@ -4,12 +4,12 @@ index and field), never a 500; property-based bodies included."""
 from __future__ import annotations
 
 import json
-import threading
 from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import requests
+from http_serving import serve_in_thread
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
@@ -36,13 +36,7 @@ def estimator() -> LogisticRegression:
 @contextmanager
 def serve(app):
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": 0.05},
-        name="api-test-server",
-        daemon=True,
-    )
-    thread.start()
+    thread = serve_in_thread(server, name="api-test-server")
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:

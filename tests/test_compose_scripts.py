@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, require_binary
+from http_serving import serve_in_thread
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "compose" / "scripts"
 
@@ -361,7 +362,6 @@ ES_SETUP = SCRIPTS.parent / "elasticsearch" / "setup.sh"
 
 def test_elasticsearch_setup_creates_least_privilege_users(tmp_path):
     import base64
-    import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     bash = require_binary("bash")
@@ -387,9 +387,7 @@ def test_elasticsearch_setup_creates_least_privilege_users(tmp_path):
         do_GET = do_PUT = do_POST = _answer
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Security)
-    threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    ).start()
+    serve_in_thread(server)
     env = {
         "PATH": os.environ["PATH"],
         "ES_URL": f"http://127.0.0.1:{server.server_address[1]}",

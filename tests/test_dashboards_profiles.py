@@ -10,13 +10,13 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+from http_serving import serve_in_thread
 from test_alert_sink_dashboards import _FakeKibana, _walk
 
 from alert_sink.payload import parse_alert
@@ -413,10 +413,7 @@ def test_the_import_script_imports_every_data_sets_objects(tmp_path):
     (kibana / "machine-failure-alerts.ndjson").write_text(mf)
     _FakeKibana.received = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKibana)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
+    serve_in_thread(server)
     try:
         env = {
             **os.environ,

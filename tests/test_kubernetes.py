@@ -40,6 +40,7 @@ import pytest
 import requests
 import yaml
 from conftest import free_port, require, require_binary, require_module
+from http_serving import serve_in_thread
 
 from models import contract
 
@@ -1288,12 +1289,8 @@ def test_influxdb_any_mode_spreads_writes_and_skips_a_replica_that_is_down(influ
                 servers.append(http.server.ThreadingHTTPServer((host, port), handler))
             except OSError as exc:
                 pytest.skip(f"cannot bind {host}:{port}: {exc}")
-        threads = [
-            threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-            for s in servers
-        ]
-        for t in threads:
-            t.start()
+        for s in servers:
+            serve_in_thread(s)
         result = _run_script(influxd.url, 2, f"http://127.0.0.1{{i}}:{port}")
         assert result.returncode == 0, result.stderr
 

@@ -7,11 +7,11 @@ notebook 06 runs with InfluxDB/Elasticsearch unreachable and must skip cleanly.
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 from conftest import free_port
+from http_serving import serve_in_thread
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -84,10 +84,7 @@ def api_server(workdir, monkeypatch):
 
     app = create_app({"registry": workdir / "registry"})
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
+    thread = serve_in_thread(server)
     monkeypatch.setenv("API_URL", f"http://127.0.0.1:{server.server_port}")
     yield
     server.shutdown()

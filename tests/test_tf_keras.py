@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import require_module
+from http_serving import serve_in_thread
 
 from models.registry import ChecksumMismatch, Registry, sha256_path
 
@@ -161,9 +161,7 @@ def test_api_serves_a_tf_production_model_from_its_saved_model(bundle):
 
     app = create_app(ApiConfig(registry=bundle.registry.root, model=bundle.name))
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    ).start()
+    serve_in_thread(server)
     X = bundle.X_test[:25]
     body = [dict(zip(FEATURES, row, strict=True)) for row in X.tolist()]
     try:

@@ -31,6 +31,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
+from http_serving import serve_in_thread
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -130,10 +131,7 @@ class TFServingPeer(prediction_service_pb2_grpc.PredictionServiceServicer):
         Handler.peer = peer
         self._rest = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._rest.daemon_threads = True
-        self._rest_thread = threading.Thread(
-            target=self._rest.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._rest_thread.start()
+        self._rest_thread = serve_in_thread(self._rest)
         self.rest_url = f"http://127.0.0.1:{self._rest.server_address[1]}"
         return self.rest_url
 
