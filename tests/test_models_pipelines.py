@@ -168,50 +168,98 @@ def test_catalogue():
         build_pipeline("lr", "nearmiss")
 
 
-def _scripted_candidate(monkeypatch, folds_of: dict[str, list[float]]):
+def _scripted_candidate(monkeypatch, folds_of: dict[str, list[float]], confirm_of=None):
     """A candidate whose cross-validation gives scripted fold scores per parameter value,
-    so tune()'s choice between the first trial and the best one is checked exactly."""
+    so tune()'s choice between the first trial and the best one is checked exactly.
+
+    ``folds_of`` gives the search folds' scores; ``confirm_of`` those of the folds
+    shuffled with another seed (the search folds' scores again when None). Returns the
+    candidate and the list of (parameter value, fold seed) of every cross-validation."""
     import models.tuning as tuning
     from models.pipelines import Candidate
 
-    def fake_cv(candidate, params, X, y, *, oof=None, fold_scores, **kw):
-        fold_scores.extend(folds_of[params["c"]])
+    calls: list[tuple[str, int]] = []
+
+    def fake_cv(candidate, params, X, y, *, oof=None, fold_scores, seed, fold_seed=None, **kw):
+        folds = seed if fold_seed is None else fold_seed
+        calls.append((params["c"], folds))
+        table = folds_of if folds == seed or confirm_of is None else confirm_of
+        fold_scores.extend(table[params["c"]])
         if oof is not None:
             oof[:] = 0.5
         return float(np.mean(fold_scores))
 
     monkeypatch.setattr(tuning, "_cross_validate", fake_cv)
-    return Candidate(
+    cand = Candidate(
         name="scripted",
         description="",
         build=lambda params, seed: None,
         space=lambda trial: {"c": trial.suggest_categorical("c", sorted(folds_of))},
         first_trial={"c": "defaults"},
     )
+    return cand, calls
 
 
 @pytest.mark.parametrize(
-    "tuned, kept",
+    "tuned, confirm, kept, why, rounds",
     [
-        # leads by 0.01 on average, but one fold says the opposite: within the noise
-        ([0.83, 0.84, 0.91], "defaults"),
-        # leads by 0.01 on every fold: beyond the noise
-        ([0.81, 0.86, 0.91], "tuned"),
+        # leads by 0.01 on average, but one fold says the opposite: within the noise, and
+        # nothing more is fitted
+        ([0.83, 0.84, 0.91], None, "defaults", "within one standard error", 0),
+        # leads by exactly 0.01 on every fold, and on every other fold too: so far beyond
+        # the noise that one round of other folds settles it
+        ([0.81, 0.86, 0.91], None, "tuned", None, 1),
+        # leads on every search fold, and by 0.005 to 0.015 on the other folds: beyond
+        # their corrected standard error, but only clearly so after every round
+        ([0.81, 0.86, 0.91], [0.815, 0.855, 0.91], "tuned", None, 3),
+        # leads by 0.01 on every search fold, but by nothing on folds that chose nothing
+        ([0.81, 0.86, 0.91], [0.80, 0.85, 0.90], "defaults", "other folds", 3),
     ],
 )
 def test_tune_keeps_the_first_trial_unless_the_best_beats_it_beyond_the_noise(
-    monkeypatch, tuned, kept
+    monkeypatch, tuned, confirm, kept, why, rounds
 ):
-    from models.tuning import first_trial_kept
+    from models.tuning import CONFIRM_ROUNDS, first_trial_kept
 
     folds_of = {"defaults": [0.80, 0.85, 0.90], "tuned": tuned}
-    cand = _scripted_candidate(monkeypatch, folds_of)
+    confirm_of = None if confirm is None else {"defaults": folds_of["defaults"], "tuned": confirm}
+    cand, calls = _scripted_candidate(monkeypatch, folds_of, confirm_of)
     X, y = np.zeros((30, 2)), np.array([0, 1] * 15)
     out = io.StringIO()
-    res = tune(cand, X, y, n_trials=8, cv=3, seed=0, progress=out, first_trial=cand.first_trial)
+    res = tune(cand, X, y, n_trials=8, cv=3, seed=7, progress=out, first_trial=cand.first_trial)
     assert any(t["params"] == {"c": "tuned"} for t in res.trials)  # the search did try it
     assert res.best_params == {"c": kept}
+    # the search folds' figures come back, whatever the confirmation said
     assert res.fold_scores == folds_of[kept]
     assert res.best_score == pytest.approx(np.mean(folds_of[kept]))
     assert ("first trial kept" in out.getvalue()) == (kept == "defaults")
-    assert (first_trial_kept(tuned, folds_of["defaults"]) is None) == (kept == "tuned")
+    if why:
+        assert why in out.getvalue()
+    # the search folds' own verdict
+    assert (first_trial_kept(tuned, folds_of["defaults"]) is None) == (
+        why != "within one standard error"
+    )
+    # the confirmation runs only after a lead beyond the search folds' noise, on folds
+    # shuffled with seeds the search did not use, for both trials
+    assert rounds <= CONFIRM_ROUNDS
+    confirmed = sorted(c for c in calls if c[1] != 7)
+    assert confirmed == sorted(
+        (p, 7 + r) for r in range(1, rounds + 1) for p in ("defaults", "tuned")
+    )
+    assert ("confirm trial" in out.getvalue()) == (rounds > 0)
+
+
+def test_corrected_lead_widens_the_standard_error_for_overlapping_training_folds():
+    from models.tuning import corrected_lead, paired_lead
+
+    ahead = [0.81, 0.86, 0.92, 0.80, 0.86, 0.90]
+    other = [0.80, 0.85, 0.90, 0.80, 0.85, 0.90]
+    lead, se = corrected_lead(ahead, other, cv=3)
+    d = np.subtract(ahead, other)
+    assert lead == pytest.approx(d.mean())
+    # (1/n + 1/(k-1)) s^2, with n = 6 paired folds and k = 3
+    assert se == pytest.approx(np.sqrt((1 / 6 + 1 / 2) * d.var(ddof=1)))
+    plain = paired_lead(ahead, other)
+    assert plain is not None and se > plain[1]
+    with pytest.raises(ValueError):
+        corrected_lead([0.8], [0.7], cv=3)
