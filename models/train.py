@@ -174,6 +174,8 @@ class CandidateResult:
     selection: str = "validation"
     #: average precision of each CV fold (the best parameters)
     cv_folds: list[float] = field(default_factory=list)
+    #: why tuning kept the parameters it kept over its first trial ("" when it had none)
+    tuning_note: str = ""
 
     @property
     def cv_std(self) -> float:
@@ -376,6 +378,7 @@ def _fit_candidate(
         test_scores=s_te,
         selection="validation" if choose_on is not None else "cv",
         cv_folds=folds,
+        tuning_note=tuned.note,
     )
     return result, tuned.trials
 
@@ -612,6 +615,8 @@ def _register(
     else:
         extra["validation_metrics"] = _numbers(best.validation)
         extra["evaluated_on"] = "test split (threshold chosen on validation)"
+    if best.tuning_note:
+        extra["tuning_note"] = best.tuning_note
     extra["library"] = {"scikit-learn": sklearn.__version__}
     extra["run_dir"] = str(run_dir)
     if profile is not None:
@@ -687,8 +692,10 @@ def _write_reports(
             f"({strategy})"
         )
     profile = f", profile {splits.profile.name}" if splits.profile is not None else ""
+    tuning = "\n".join(f"- {r.name}: {r.tuning_note}" for r in results if r.tuning_note)
     (run_dir / "comparison.md").write_text(
         f"# Candidates ({config.name}{profile})\n\n{how}. Data: {splits.source}.\n\n{table}"
+        + (f"\nTuning:\n\n{tuning}\n" if tuning else "")
     )
     with (run_dir / "comparison.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -712,6 +719,7 @@ def _write_reports(
                 "params": _jsonable(r.params),
                 "cv_auprc": r.cv_auprc,
                 "cv_folds": r.cv_folds,
+                **({"tuning_note": r.tuning_note} if r.tuning_note else {}),
                 chosen_on: r.validation,
                 "test": r.test,
             }

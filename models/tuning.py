@@ -45,6 +45,8 @@ class TuneResult:
     oof: np.ndarray | None = field(default=None, repr=False)
     #: average precision of each fold for the best parameters
     fold_scores: list[float] = field(default_factory=list)
+    #: why the best trial or the first one was kept, when they differed ("" otherwise)
+    note: str = ""
 
     @property
     def n_complete(self) -> int:
@@ -309,11 +311,13 @@ def tune(
     best = study.best_trial
     value = float(best.value)
     _, folds, oof = best_oof.get(best.number, (None, [], None))
+    note = ""
     if best.number != 0 and first_oof:
         first_value, first_folds, first_scores = first_oof[0]
-        note = first_trial_kept(folds, first_folds)
-        if note is None:
-            note = _confirm(
+        label = f"trial {best.number + 1}"
+        why = first_trial_kept(folds, first_folds)
+        if why is None:
+            held, figures = _confirm(
                 candidate,
                 candidate.space(optuna.trial.FixedTrial(best.params)),
                 candidate.space(optuna.trial.FixedTrial(study.trials[0].params)),
@@ -323,15 +327,17 @@ def tune(
                 seed=seed,
                 categorical=categorical,
                 out=out,
-                label=f"trial {best.number + 1}",
+                label=label,
             )
-        if note is not None:
-            print(
-                f"tune candidate={candidate.name} first trial kept (cv_ap={first_value:.4f}): "
-                f"trial {best.number + 1}'s {note}",
-                file=out,
-                flush=True,
-            )
+            if held:
+                note = (
+                    f"{label} kept over the first trial: its lead held on other folds ({figures})"
+                )
+            else:
+                why = f"lead did not hold on other folds ({figures})"
+        if why is not None:
+            note = f"first trial kept (cv_ap={first_value:.4f}): {label}'s {why}"
+            print(f"tune candidate={candidate.name} {note}", file=out, flush=True)
             best = study.trials[0]
             value, folds, oof = first_value, first_folds, first_scores
     params = candidate.space(optuna.trial.FixedTrial(best.params))
@@ -343,6 +349,7 @@ def tune(
         time.perf_counter() - start,
         oof,
         list(folds),
+        note,
     )
 
 
@@ -365,10 +372,10 @@ def _confirm(
     categorical: Sequence[str],
     out: TextIO,
     label: str,
-) -> str | None:
+) -> tuple[bool, str]:
     """Score the best trial and the first one again on :data:`CONFIRM_ROUNDS` rounds of
-    folds shuffled other ways (``seed + 1``, ``seed + 2``, …); None when the best one's
-    lead holds there, otherwise why not.
+    folds shuffled other ways (``seed + 1``, ``seed + 2``, …): whether the best one's
+    lead holds there, and the figures.
 
     The search folds picked the best trial out of several, so its lead on them is biased
     upward by that choice (the best of n noisy figures); folds that chose nothing give an
@@ -396,22 +403,19 @@ def _confirm(
                 # get wrong): more rounds would only cost time
                 break
     except (ValueError, np.linalg.LinAlgError) as exc:  # what the search itself tolerates
-        return f"lead could not be confirmed on other folds ({exc})"
+        return False, f"could not be scored: {exc}"
     held = lead > se
+    figures = (
+        f"lead {lead:.4f} on {rounds}x{cv} folds, corrected standard error {se:.4f}, "
+        f"cv_ap {np.mean(best_all):.4f} against {np.mean(first_all):.4f}"
+    )
     print(
-        f"tune candidate={candidate.name} confirm {label} on {rounds}x{cv} other "
-        f"folds: cv_ap={np.mean(best_all):.4f} against the first trial's "
-        f"{np.mean(first_all):.4f}, lead {lead:.4f} corrected standard error {se:.4f} "
+        f"tune candidate={candidate.name} confirm {label} on other folds: {figures} "
         f"({'confirmed' if held else 'not confirmed'}) seconds={time.perf_counter() - t0:.1f}",
         file=out,
         flush=True,
     )
-    if held:
-        return None
-    return (
-        f"lead {lead:.4f} on {rounds}x{cv} other folds is within their corrected "
-        f"standard error ({se:.4f})"
-    )
+    return held, figures
 
 
 def corrected_lead(

@@ -234,7 +234,9 @@ def test_tune_keeps_the_first_trial_unless_the_best_beats_it_beyond_the_noise(
     assert res.best_score == pytest.approx(np.mean(folds_of[kept]))
     assert ("first trial kept" in out.getvalue()) == (kept == "defaults")
     if why:
-        assert why in out.getvalue()
+        assert why in out.getvalue() and why in res.note
+    # the decision comes back with the result whenever the two differed
+    assert res.note.startswith("first trial kept" if kept == "defaults" else "trial ")
     # the search folds' own verdict
     assert (first_trial_kept(tuned, folds_of["defaults"]) is None) == (
         why != "within one standard error"

@@ -141,6 +141,48 @@ def test_ensemble_cv_figure_is_measured_on_the_fitted_members(tmp_path, monkeypa
     assert tuned["C"] == clf.C
 
 
+def test_tuning_note_reaches_the_card_and_the_reports(tmp_path, monkeypatch):
+    """A tuned hgb trial made to lead by far on the search folds (0.2 added to its fold
+    scores there) must still face the real scores of folds shuffled other ways; whichever
+    way that goes, the decision is written to the card, comparison.md and metrics.json."""
+    from optuna.trial import FixedTrial
+
+    import models.tuning
+    from models.pipelines import HGB_LIBRARY_DEFAULTS, get_candidate
+
+    real = models.tuning._cross_validate
+
+    def inflated(*args, trial, fold_scores, **kw):
+        real(*args, trial=None, fold_scores=fold_scores, **kw)
+        if trial is not None and trial.number > 0:
+            fold_scores[:] = [f + 0.2 for f in fold_scores]
+        return float(np.mean(fold_scores))
+
+    monkeypatch.setattr(models.tuning, "_cross_validate", inflated)
+    config = TrainConfig(
+        synthetic_rows=4000,
+        candidates=["hgb"],
+        trials=3,
+        seed=5,
+        registry=str(tmp_path / "registry"),
+        data_dir=str(tmp_path / "data"),
+        runs_dir=str(tmp_path / "runs"),
+    )
+    out = io.StringIO()
+    result = train(config, progress=out)
+    note = result.best.tuning_note
+    assert "confirm trial" in out.getvalue()
+    if note.startswith("first trial kept"):
+        assert "did not hold on other folds" in note
+        assert result.best.params == get_candidate("hgb").space(FixedTrial(HGB_LIBRARY_DEFAULTS))
+    else:
+        assert "held on other folds" in note
+    assert result.card.data["tuning_note"] == note
+    assert f"- hgb: {note}" in (result.run_dir / "comparison.md").read_text()
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["candidates"]["hgb"]["tuning_note"] == note
+
+
 def _cli(*args, cwd, env=None):
     return subprocess.run(
         [sys.executable, "-m", "models", *args],
