@@ -425,13 +425,12 @@ def corrected_lead(
     cross-validation, and its standard error corrected for the overlap of the training
     folds (Nadeau and Bengio's corrected resampled t-test): the variance of the mean is
     ``(1/n + n_test/n_train) * s^2`` rather than ``s^2 / n``, with ``n_test/n_train =
-    1/(cv - 1)``."""
-    diff = np.asarray(ahead, dtype=float) - np.asarray(other, dtype=float)
-    n = len(diff)
-    if n < 2:
-        raise ValueError("corrected_lead needs at least two paired scores")
-    var = float(diff.var(ddof=1))
-    return float(diff.mean()), math.sqrt((1.0 / n + 1.0 / (cv - 1)) * var)
+    1/(cv - 1)``: :func:`paired_lead`'s standard error times ``sqrt(1 + n/(cv - 1))``."""
+    paired = paired_lead(ahead, other)
+    if paired is None:
+        raise ValueError("corrected_lead needs at least two paired scores, as many on each side")
+    lead, se = paired
+    return lead, se * math.sqrt(1.0 + len(ahead) / (cv - 1))
 
 
 def paired_lead(ahead: Sequence[float], other: Sequence[float]) -> tuple[float, float] | None:
