@@ -110,5 +110,10 @@ def test_notebook_05_against_a_live_api(workdir, api_server):
         pytest.skip("needs the registry written by notebook 04 (run the whole file)")
     nb = _run(workdir / "notebooks" / next(n for n in NOTEBOOKS if n.startswith("05")))
     text = _text(nb)
-    assert "skipped" not in text
-    assert "creditcard v" in text and "422" in text
+    # each code cell's outputs by type, so a failure shows which output went missing
+    outputs = [
+        [o.get("output_type") for o in c.get("outputs", [])] for c in nb.cells
+        if c.cell_type == "code"
+    ]  # fmt: skip
+    assert "skipped" not in text, outputs
+    assert "creditcard v" in text and "422" in text, (outputs, text)
