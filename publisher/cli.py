@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -215,7 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def _on_signal(signum, _frame):
         log.info("event=signal signal=%s action=flush_and_exit", signal.Signals(signum).name)
-        publisher.stop()
+        # Not publisher.stop() here: Event.set() takes the event's lock, which this (main)
+        # thread may hold at this very moment inside Event.wait(), and the handler would
+        # then wait for itself forever. A short-lived thread sets it once the handler
+        # returns and the main thread lets go of the lock.
+        threading.Thread(target=publisher.stop, name="publisher-stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)

@@ -87,7 +87,9 @@ class Publisher:
 
     # -- control ---------------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask the run to finish: stop producing, flush what was produced. Signal-safe."""
+        """Ask the run to finish: stop producing, flush what was produced. Not from a signal
+        handler on the thread that runs the publisher (it may hold the event's lock there):
+        call it from another thread."""
         self._stop.set()
 
     @property
