@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("event=signal signal=%s", signal.Signals(signum).name)
-        stop.set()
+        threading.Thread(target=stop.set, name="stop", daemon=True).start()  # see publisher.cli
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

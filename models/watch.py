@@ -724,7 +724,9 @@ def cmd_watch(args, *, data_dir: Callable[[Profile | None], str]) -> int:
 
     def on_signal(signum, _frame):
         log.info("event=signal signal=%s action=stop", signal.Signals(signum).name)
-        watcher.stop.set()
+        threading.Thread(
+            target=watcher.stop.set, name="stop", daemon=True
+        ).start()  # see publisher.cli
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def _on_signal(signum: int, _frame: object) -> None:
         log.info("signal %s received, flushing and stopping", signal.Signals(signum).name)
-        stop.set()
+        threading.Thread(target=stop.set, name="stop", daemon=True).start()  # see publisher.cli
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
